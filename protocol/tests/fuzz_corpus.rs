@@ -1,0 +1,419 @@
+//! Replays the committed fuzz corpus (`fuzz/corpus/<target>/`) through the fuzz entry points, so stable
+//! `cargo test` exercises them on every run, and keeps the seed inputs in that corpus up to date.
+//!
+//! The seeds are generated here from the real encoders.
+//! After a format change, regenerate them with `FERRY_WRITE_FUZZ_SEEDS=1 cargo test -p ferry-protocol --test
+//! fuzz_corpus` and commit the files.
+
+use std::path::PathBuf;
+
+use bytes::{Bytes, BytesMut};
+use ferry_protocol::batch::{Attributes, BatchBuilder, NewRecord, ProducerFields, RecordBatch};
+use ferry_protocol::frame::{ApiKey, Frame, FrameFlags, FrameHeader};
+use ferry_protocol::limits::FRAME_BYTES_MAX;
+use ferry_protocol::messages::*;
+use ferry_protocol::{ErrorCode, fuzz};
+
+const WRITE_SEEDS_VAR: &str = "FERRY_WRITE_FUZZ_SEEDS";
+
+fn corpus_dir(target: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target)
+}
+
+/// Runs every input in a target's corpus through its entry point; any panic fails the test.
+fn check_corpus(target: &str, run: fn(&[u8])) {
+    let mut n_inputs = 0;
+    for entry in std::fs::read_dir(corpus_dir(target)).expect("the corpus directory exists") {
+        let path = entry.expect("corpus entry is readable").path();
+        let input = std::fs::read(&path).expect("corpus file is readable");
+        run(&input);
+        n_inputs += 1;
+    }
+    assert!(n_inputs >= 10, "{target} corpus has only {n_inputs} inputs");
+}
+
+/// Checks that every seed is committed with its current bytes, or writes it when `FERRY_WRITE_FUZZ_SEEDS` is set.
+fn check_seeds(target: &str, seeds: Vec<(&str, Vec<u8>)>) {
+    let write = std::env::var_os(WRITE_SEEDS_VAR).is_some();
+    for (name, bytes) in seeds {
+        let path = corpus_dir(target).join(format!("seed-{name}"));
+        if write {
+            std::fs::write(&path, &bytes).expect("corpus directory is writable");
+        } else {
+            let committed = std::fs::read(&path).unwrap_or_default();
+            assert!(committed == bytes, "{} is stale: regenerate with {WRITE_SEEDS_VAR}=1", path.display());
+        }
+    }
+}
+
+#[test]
+fn decode_frame_corpus_runs_clean() {
+    check_corpus("decode_frame", fuzz::decode_frame);
+}
+
+#[test]
+fn decode_batch_corpus_runs_clean() {
+    check_corpus("decode_batch", fuzz::decode_batch);
+}
+
+#[test]
+fn decode_frame_seeds_are_committed() {
+    check_seeds("decode_frame", frame_seeds());
+}
+
+#[test]
+fn decode_batch_seeds_are_committed() {
+    check_seeds("decode_batch", batch_seeds());
+}
+
+fn batch(records: &[NewRecord<'_>]) -> RecordBatch {
+    let mut builder = BatchBuilder::new();
+    for record in records {
+        builder.push(*record).expect("seed records fit a batch");
+    }
+    builder.build().expect("seed batches are valid")
+}
+
+fn small_batch() -> RecordBatch {
+    batch(&[NewRecord { timestamp: 1_700_000_000_000, key: Some(b"k"), value: Some(b"v"), headers: &[] }])
+}
+
+fn request_frame(request: impl Into<Request>, correlation_id: u32) -> Vec<u8> {
+    let mut wire = BytesMut::new();
+    request.into().encode(correlation_id, &mut wire).expect("seed requests fit a frame");
+    wire.to_vec()
+}
+
+fn response_frame(response: impl Into<Response>, api: ApiKey) -> Vec<u8> {
+    let mut wire = BytesMut::new();
+    let request = FrameHeader::request(api, 0, 9);
+    response.into().encode(&request, &mut wire).expect("seed responses fit a frame");
+    wire.to_vec()
+}
+
+fn raw_frame(header: FrameHeader, body: &[u8]) -> Vec<u8> {
+    let mut wire = BytesMut::new();
+    Frame { header, body: Bytes::copy_from_slice(body) }.encode(&mut wire).expect("seed frames fit");
+    wire.to_vec()
+}
+
+/// Valid requests and responses of every api, plus the framing edge cases.
+fn frame_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let records = small_batch().into_bytes();
+    let produce = ProduceRequest {
+        acks: Acks::All as i32,
+        timeout_ms: 30_000,
+        topics: vec![ProduceTopic {
+            name: "orders".to_owned(),
+            partitions: vec![ProducePartition { partition: 0, records: records.clone() }],
+        }],
+    };
+    let lookup = |partition, spec: OffsetSpec| ListOffsetsPartition { partition, spec: Some(spec.into()) };
+    let produce_header = FrameHeader::request(ApiKey::Produce, 0, 1);
+    let produce_body = prost::Message::encode_to_vec(&produce);
+    let produce_wire = request_frame(produce.clone(), 1);
+    let api_versions = ApiVersionsRequest {
+        client_software_name: "ferry-client-rs".to_owned(),
+        client_software_version: "0.1.0".to_owned(),
+    };
+
+    let mut pipelined = request_frame(api_versions.clone(), 0);
+    pipelined.extend_from_slice(&produce_wire);
+    pipelined.extend_from_slice(&request_frame(ListTopicsRequest {}, 2));
+
+    let header_only = |len: u32| {
+        let mut bytes = len.to_be_bytes().to_vec();
+        bytes.extend_from_slice(&produce_wire[4..14]);
+        bytes
+    };
+
+    vec![
+        ("api-versions-request", request_frame(api_versions, 0)),
+        (
+            "create-topics-request",
+            request_frame(
+                CreateTopicsRequest {
+                    topics: vec![CreatableTopic {
+                        name: "orders".to_owned(),
+                        partition_count: 3,
+                        config: [("retention.ms", "86400000"), ("fsync", "interval:100")]
+                            .into_iter()
+                            .map(|(key, value)| (key.to_owned(), value.to_owned()))
+                            .collect(),
+                    }],
+                },
+                1,
+            ),
+        ),
+        ("delete-topics-request", request_frame(DeleteTopicsRequest { names: vec!["orders".to_owned()] }, 2)),
+        ("list-topics-request", request_frame(ListTopicsRequest {}, 3)),
+        ("describe-topics-request", request_frame(DescribeTopicsRequest { names: vec!["orders".to_owned()] }, 4)),
+        ("produce-request", produce_wire.clone()),
+        (
+            "fetch-request",
+            request_frame(
+                FetchRequest {
+                    wait_ms_max: 500,
+                    bytes_min: 1,
+                    bytes_max: 1 << 20,
+                    isolation_level: IsolationLevel::ReadCommitted as i32,
+                    topics: vec![FetchTopic {
+                        name: "orders".to_owned(),
+                        partitions: vec![FetchPartition { partition: 0, fetch_offset: 42, partition_bytes_max: 0 }],
+                    }],
+                },
+                6,
+            ),
+        ),
+        (
+            "list-offsets-request",
+            request_frame(
+                ListOffsetsRequest {
+                    isolation_level: 0,
+                    topics: vec![ListOffsetsTopic {
+                        name: "orders".to_owned(),
+                        partitions: vec![
+                            lookup(0, OffsetSpec::Earliest),
+                            lookup(1, OffsetSpec::Latest),
+                            lookup(2, OffsetSpec::Timestamp(1_700_000_000_000)),
+                            ListOffsetsPartition { partition: 3, spec: None },
+                        ],
+                    }],
+                },
+                7,
+            ),
+        ),
+        (
+            "api-versions-response",
+            response_frame(
+                ApiVersionsResponse {
+                    error_code: 0,
+                    api_versions: supported_api_versions(),
+                    limits: Some(BrokerLimits {
+                        frame_bytes_max: FRAME_BYTES_MAX,
+                        batch_bytes_max: ferry_protocol::limits::BATCH_BYTES_MAX,
+                        batch_records_max: ferry_protocol::limits::BATCH_RECORDS_MAX,
+                        fetch_bytes_max: 1 << 20,
+                        fetch_wait_ms_max: 30_000,
+                        in_flight_requests_max: 32,
+                        partitions_per_topic_max: ferry_protocol::limits::PARTITIONS_PER_TOPIC_MAX,
+                    }),
+                    broker_software_version: "0.1.0".to_owned(),
+                },
+                ApiKey::ApiVersions,
+            ),
+        ),
+        (
+            "create-topics-response",
+            response_frame(
+                CreateTopicsResponse {
+                    error_code: 0,
+                    topics: vec![CreateTopicResult {
+                        name: "orders".to_owned(),
+                        error_code: error_code_to_wire(ErrorCode::TopicAlreadyExists),
+                        error_message: "topic exists".to_owned(),
+                    }],
+                },
+                ApiKey::CreateTopics,
+            ),
+        ),
+        (
+            "delete-topics-response",
+            response_frame(
+                DeleteTopicsResponse {
+                    error_code: 0,
+                    topics: vec![DeleteTopicResult {
+                        name: "orders".to_owned(),
+                        error_code: 0,
+                        error_message: String::new(),
+                    }],
+                },
+                ApiKey::DeleteTopics,
+            ),
+        ),
+        (
+            "list-topics-response",
+            response_frame(
+                ListTopicsResponse {
+                    error_code: 0,
+                    topics: vec![ListedTopic { name: "orders".to_owned(), partition_count: 3 }],
+                },
+                ApiKey::ListTopics,
+            ),
+        ),
+        (
+            "describe-topics-response",
+            response_frame(
+                DescribeTopicsResponse {
+                    error_code: 0,
+                    topics: vec![TopicDescription {
+                        name: "orders".to_owned(),
+                        error_code: 0,
+                        error_message: String::new(),
+                        config: [("segment.bytes".to_owned(), "1073741824".to_owned())].into_iter().collect(),
+                        partitions: vec![PartitionDescription {
+                            partition: 0,
+                            start_offset: 10,
+                            end_offset: 42,
+                            damaged: true,
+                            error_code: error_code_to_wire(ErrorCode::PartitionDamaged),
+                            error_message: "bad checksum in 00000000000000000000.log".to_owned(),
+                        }],
+                    }],
+                },
+                ApiKey::DescribeTopics,
+            ),
+        ),
+        (
+            "produce-response",
+            response_frame(
+                ProduceResponse {
+                    error_code: 0,
+                    topics: vec![ProduceTopicResponse {
+                        name: "orders".to_owned(),
+                        partitions: vec![ProducePartitionResponse {
+                            partition: 0,
+                            error_code: 0,
+                            error_message: String::new(),
+                            base_offset: 42,
+                            last_offset: 42,
+                            log_append_time_ms: 1_700_000_000_000,
+                            durability: Durability::Fsynced as i32,
+                            duplicate: false,
+                        }],
+                    }],
+                },
+                ApiKey::Produce,
+            ),
+        ),
+        (
+            "fetch-response",
+            response_frame(
+                FetchResponse {
+                    error_code: 0,
+                    topics: vec![FetchTopicResponse {
+                        name: "orders".to_owned(),
+                        partitions: vec![FetchPartitionResponse {
+                            partition: 0,
+                            error_code: 0,
+                            error_message: String::new(),
+                            high_watermark: 43,
+                            log_start_offset: 0,
+                            records,
+                        }],
+                    }],
+                },
+                ApiKey::Fetch,
+            ),
+        ),
+        (
+            "list-offsets-response",
+            response_frame(
+                ListOffsetsResponse {
+                    error_code: 0,
+                    topics: vec![ListOffsetsTopicResponse {
+                        name: "orders".to_owned(),
+                        partitions: vec![ListOffsetsPartitionResponse {
+                            partition: 0,
+                            error_code: 0,
+                            error_message: String::new(),
+                            offset: 42,
+                            timestamp_ms: -1,
+                        }],
+                    }],
+                },
+                ApiKey::ListOffsets,
+            ),
+        ),
+        (
+            "error-frame",
+            response_frame(
+                ErrorResponse {
+                    error_code: error_code_to_wire(ErrorCode::ConnectionLimit),
+                    error_message: "connection limit reached".to_owned(),
+                },
+                ApiKey::ApiVersions,
+            ),
+        ),
+        ("pipelined-requests", pipelined),
+        ("empty-body", raw_frame(FrameHeader::request(ApiKey::ListTopics, 0, 5), &[])),
+        ("truncated-frame", produce_wire[..produce_wire.len() / 2].to_vec()),
+        ("length-too-large", header_only(u32::MAX)),
+        ("length-at-limit", header_only(FRAME_BYTES_MAX)),
+        ("length-too-short", header_only(9)),
+        (
+            "reserved-flags",
+            raw_frame(FrameHeader { flags: FrameFlags::from_bits(0x0100), ..produce_header }, &produce_body),
+        ),
+        ("request-with-response-bit", raw_frame(produce_header.response(), &produce_body)),
+        ("unknown-api-key", raw_frame(FrameHeader { api_key: 8, ..produce_header }, &produce_body)),
+        ("unsupported-version", raw_frame(FrameHeader { api_version: 1, ..produce_header }, &produce_body)),
+        ("malformed-body", raw_frame(produce_header, &produce_body[..produce_body.len() - 1])),
+        ("unknown-acks", request_frame(ProduceRequest { acks: 7, ..produce }, 1)),
+        ("empty-input", Vec::new()),
+    ]
+}
+
+/// Valid batches of several shapes, plus damaged ones.
+fn batch_seeds() -> Vec<(&'static str, Vec<u8>)> {
+    let headers: &[(&[u8], Option<&[u8]>)] = &[(b"trace-id", Some(b"abc123")), (b"null-value", None), (b"", Some(b""))];
+    let timestamp = 1_700_000_000_000;
+    let one = small_batch().into_bytes().to_vec();
+    let many: Vec<NewRecord<'_>> = (0..10)
+        .map(|record_idx| NewRecord {
+            timestamp: timestamp + record_idx,
+            key: None,
+            value: Some(b"value of a record"),
+            headers: &[],
+        })
+        .collect();
+    let mut idempotent = BatchBuilder::new()
+        .producer(ProducerFields { producer_id: 7, producer_epoch: 2, base_sequence: 100 })
+        .attributes(Attributes::default().with_transactional(true));
+    idempotent.push(NewRecord { timestamp, key: Some(b"k"), value: Some(b"v"), headers }).expect("fits");
+    let mut rebased = small_batch();
+    rebased.rebase(u64::MAX - 1).expect("a one-record batch fits below u64::MAX");
+
+    let mut two_batches = one.clone();
+    two_batches.extend_from_slice(&batch(&many).into_bytes());
+    let mut corrupt_payload = one.clone();
+    *corrupt_payload.last_mut().expect("batches are not empty") ^= 0x01;
+    let mut bad_magic = one.clone();
+    bad_magic[12] = 2;
+
+    vec![
+        ("one-record", one.clone()),
+        (
+            "null-key-and-value",
+            batch(&[NewRecord { timestamp, key: None, value: None, headers: &[] }]).into_bytes().to_vec(),
+        ),
+        (
+            "empty-key-and-value",
+            batch(&[NewRecord { timestamp, key: Some(b""), value: Some(b""), headers: &[] }]).into_bytes().to_vec(),
+        ),
+        (
+            "record-headers",
+            batch(&[NewRecord { timestamp, key: Some(b"k"), value: Some(b"v"), headers }]).into_bytes().to_vec(),
+        ),
+        ("ten-records", batch(&many).into_bytes().to_vec()),
+        (
+            "timestamps-out-of-order",
+            batch(&[
+                NewRecord { timestamp, key: None, value: Some(b"a"), headers: &[] },
+                NewRecord { timestamp: timestamp - 5_000, key: None, value: Some(b"b"), headers: &[] },
+                NewRecord { timestamp: timestamp + 5_000, key: None, value: Some(b"c"), headers: &[] },
+            ])
+            .into_bytes()
+            .to_vec(),
+        ),
+        ("idempotent-transactional", idempotent.build().expect("valid").into_bytes().to_vec()),
+        ("rebased-near-max-offset", rebased.into_bytes().to_vec()),
+        ("two-batches", two_batches),
+        ("truncated", one[..one.len() - 1].to_vec()),
+        ("header-only", one[..59].to_vec()),
+        ("length-prefix-only", one[..12].to_vec()),
+        ("corrupt-payload", corrupt_payload),
+        ("bad-magic", bad_magic),
+        ("empty-input", Vec::new()),
+    ]
+}
