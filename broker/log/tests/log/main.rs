@@ -1,0 +1,10 @@
+//! Integration tests of the partition log: one binary, one module per feature.
+
+mod appender;
+mod common;
+mod corruption;
+mod disk_full;
+mod fsync_failure;
+mod group_commit;
+mod model;
+mod read;
