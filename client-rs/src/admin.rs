@@ -1,0 +1,215 @@
+//! The [`Admin`] client: topics.
+//!
+//! Admin operations are not retried: creating a topic whose response was lost may have succeeded, and a retry
+//! would then fail with `TOPIC_ALREADY_EXISTS`. Errors say whether a retry can help
+//! ([`ClientError::is_retriable`]); the connection itself reconnects on the next call.
+
+use std::collections::BTreeMap;
+
+use ferry_protocol::messages::{
+    CreatableTopic, CreateTopicsRequest, DeleteTopicsRequest, DescribeTopicsRequest, ListTopicsRequest,
+};
+use ferry_protocol::{ApiKey, ErrorCode, Request, Response};
+
+use crate::connection::{Connection, ConnectionConfig};
+use crate::error::ClientError;
+
+/// A topic as listed by [`Admin::list_topics`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicListing {
+    /// The topic name.
+    pub name: String,
+    /// The number of partitions, numbered from 0.
+    pub partition_count: u32,
+}
+
+/// A topic's configuration and partitions, as described by [`Admin::describe_topic`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicInfo {
+    /// The topic name.
+    pub name: String,
+    /// The config overrides set at creation; absent keys use the broker's defaults.
+    pub config: BTreeMap<String, String>,
+    /// Every partition, in partition order.
+    pub partitions: Vec<PartitionInfo>,
+}
+
+/// One partition's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionInfo {
+    /// The partition number.
+    pub partition: u32,
+    /// The oldest offset still stored.
+    pub start_offset: u64,
+    /// The offset the next appended record will get; `end_offset - start_offset` records are stored.
+    pub end_offset: u64,
+    /// Whether the partition holds corrupt data below its acknowledged end and refuses writes.
+    pub damaged: bool,
+    /// Why the partition is unhealthy (e.g. `PARTITION_DAMAGED`), with the broker's detail; `None` when healthy.
+    pub error: Option<(ErrorCode, String)>,
+}
+
+/// Creates, deletes, lists and describes topics.
+///
+/// ```no_run
+/// use ferry_client::{Admin, ConnectionConfig};
+///
+/// # async fn example() -> Result<(), ferry_client::ClientError> {
+/// let admin = Admin::new("127.0.0.1:7070", ConnectionConfig::default())?;
+/// let config = [("retention.ms".to_owned(), "86400000".to_owned())].into_iter().collect();
+/// admin.create_topic("orders", 8, config).await?;
+/// for topic in admin.list_topics().await? {
+///     println!("{} ({} partitions)", topic.name, topic.partition_count);
+/// }
+/// admin.close().await;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Admin {
+    connection: Connection,
+}
+
+impl Admin {
+    /// An admin client for the broker at `addr` (`host:port`). Does not connect: the first call does.
+    ///
+    /// ```
+    /// # use ferry_client::{Admin, ConnectionConfig};
+    /// let admin = Admin::new("127.0.0.1:7070", ConnectionConfig::default()).unwrap();
+    /// assert_eq!(admin.connection().addr(), "127.0.0.1:7070");
+    /// ```
+    pub fn new(addr: impl Into<String>, config: ConnectionConfig) -> Result<Admin, ClientError> {
+        Ok(Admin { connection: Connection::new(addr, config)? })
+    }
+
+    /// An admin client sharing an existing connection (e.g. one a test already opened).
+    ///
+    /// ```
+    /// # use ferry_client::{Admin, Connection, ConnectionConfig};
+    /// let connection = Connection::new("127.0.0.1:7070", ConnectionConfig::default()).unwrap();
+    /// let admin = Admin::with_connection(connection.clone());
+    /// ```
+    pub fn with_connection(connection: Connection) -> Admin {
+        Admin { connection }
+    }
+
+    /// Creates a topic with `partition_count` partitions and per-topic config overrides
+    /// (keys as in `CreatableTopic.config` of `topics.proto`, e.g. `retention.ms`, `fsync`).
+    ///
+    /// Fails with the broker's code: `TOPIC_ALREADY_EXISTS`, `INVALID_TOPIC`, `INVALID_PARTITIONS`, `INVALID_CONFIG`.
+    ///
+    /// ```no_run
+    /// # async fn example(admin: ferry_client::Admin) -> Result<(), ferry_client::ClientError> {
+    /// admin.create_topic("orders", 8, Default::default()).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn create_topic(
+        &self,
+        name: &str,
+        partition_count: u32,
+        config: BTreeMap<String, String>,
+    ) -> Result<(), ClientError> {
+        let request = Request::CreateTopics(CreateTopicsRequest {
+            topics: vec![CreatableTopic { name: name.to_owned(), partition_count, config }],
+        });
+        let Response::CreateTopics(response) = self.connection.request(request).await? else {
+            return Err(unexpected(ApiKey::CreateTopics, "not a CreateTopics response"));
+        };
+        ClientError::check_wire(response.error_code, "")?;
+        let result = response.topics.first().ok_or_else(|| unexpected(ApiKey::CreateTopics, "no result"))?;
+        ClientError::check_wire(result.error_code, &result.error_message)
+    }
+
+    /// Deletes a topic and all its records; fails with `UNKNOWN_TOPIC_OR_PARTITION` if there is no such topic.
+    ///
+    /// ```no_run
+    /// # async fn example(admin: ferry_client::Admin) -> Result<(), ferry_client::ClientError> {
+    /// admin.delete_topic("orders").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
+        let request = Request::DeleteTopics(DeleteTopicsRequest { names: vec![name.to_owned()] });
+        let Response::DeleteTopics(response) = self.connection.request(request).await? else {
+            return Err(unexpected(ApiKey::DeleteTopics, "not a DeleteTopics response"));
+        };
+        ClientError::check_wire(response.error_code, "")?;
+        let result = response.topics.first().ok_or_else(|| unexpected(ApiKey::DeleteTopics, "no result"))?;
+        ClientError::check_wire(result.error_code, &result.error_message)
+    }
+
+    /// Every topic on the broker, sorted by name.
+    ///
+    /// ```no_run
+    /// # async fn example(admin: ferry_client::Admin) -> Result<(), ferry_client::ClientError> {
+    /// let topics = admin.list_topics().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn list_topics(&self) -> Result<Vec<TopicListing>, ClientError> {
+        let Response::ListTopics(response) = self.connection.request(Request::ListTopics(ListTopicsRequest {})).await?
+        else {
+            return Err(unexpected(ApiKey::ListTopics, "not a ListTopics response"));
+        };
+        ClientError::check_wire(response.error_code, "")?;
+        Ok(response
+            .topics
+            .into_iter()
+            .map(|topic| TopicListing { name: topic.name, partition_count: topic.partition_count })
+            .collect())
+    }
+
+    /// A topic's config and, per partition, its start and end offsets and health.
+    /// Fails with `UNKNOWN_TOPIC_OR_PARTITION` if there is no such topic.
+    ///
+    /// ```no_run
+    /// # async fn example(admin: ferry_client::Admin) -> Result<(), ferry_client::ClientError> {
+    /// let topic = admin.describe_topic("orders").await?;
+    /// for partition in &topic.partitions {
+    ///     println!("{}: {}..{}", partition.partition, partition.start_offset, partition.end_offset);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn describe_topic(&self, name: &str) -> Result<TopicInfo, ClientError> {
+        let request = Request::DescribeTopics(DescribeTopicsRequest { names: vec![name.to_owned()] });
+        let Response::DescribeTopics(response) = self.connection.request(request).await? else {
+            return Err(unexpected(ApiKey::DescribeTopics, "not a DescribeTopics response"));
+        };
+        ClientError::check_wire(response.error_code, "")?;
+        let topic =
+            response.topics.into_iter().next().ok_or_else(|| unexpected(ApiKey::DescribeTopics, "no description"))?;
+        ClientError::check_wire(topic.error_code, &topic.error_message)?;
+        let partitions = topic
+            .partitions
+            .into_iter()
+            .map(|partition| PartitionInfo {
+                partition: partition.partition,
+                start_offset: partition.start_offset,
+                end_offset: partition.end_offset,
+                damaged: partition.damaged,
+                error: match ClientError::check_wire(partition.error_code, "") {
+                    Ok(()) => None,
+                    Err(ClientError::Broker { code, .. }) => Some((code, partition.error_message)),
+                    Err(_) => Some((ErrorCode::Unknown, partition.error_message)),
+                },
+            })
+            .collect();
+        Ok(TopicInfo { name: topic.name, config: topic.config, partitions })
+    }
+
+    /// The connection this client uses, e.g. to send raw requests.
+    pub fn connection(&self) -> &Connection {
+        &self.connection
+    }
+
+    /// Closes the connection.
+    pub async fn close(&self) {
+        self.connection.close().await;
+    }
+}
+
+fn unexpected(api: ApiKey, reason: &'static str) -> ClientError {
+    ClientError::UnexpectedResponse { api, reason }
+}

@@ -1,0 +1,616 @@
+//! The `ferry` command line (DESIGN.md section 6), as a library so tests can parse and run it in-process.
+//!
+//! ```text
+//! ferry [--broker ADDR] topic create NAME [--partitions N] [--config KEY=VALUE]...
+//! ferry [--broker ADDR] topic list | topic describe NAME | topic delete NAME
+//! ferry [--broker ADDR] produce TOPIC [--partition P] [--key-separator SEP] [--acks none|all] [--linger-ms MS]
+//!       [--delivery-timeout-ms MS]
+//! ferry [--broker ADDR] consume TOPIC [--from-beginning] [--max-messages N] [--idle-timeout-ms MS] [--print-key]
+//!       [--print-offset] [--partition P]
+//! ```
+//!
+//! stdout carries only data (records, topic names and descriptions); logs, summaries and errors go to stderr.
+//! The exit code is 0 on success and 1 on failure, with one error line on stderr.
+//! Group and transaction flags are accepted by the parser only to be rejected with a clear "not supported yet".
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::{Parser, Subcommand, ValueEnum};
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::time::Instant;
+
+use crate::{
+    Acks, Admin, ClientError, ConnectionConfig, Consumer, ConsumerConfig, ConsumerRecord, OffsetReset, Producer,
+    ProducerConfig, ProducerRecord, SeekTo,
+};
+
+/// The broker address used when `--broker` is not given.
+pub const DEFAULT_BROKER: &str = "127.0.0.1:7070";
+
+/// The parsed command line.
+///
+/// ```
+/// use clap::Parser;
+/// use ferry_client::cli::{Cli, Command};
+///
+/// let cli = Cli::try_parse_from(["ferry", "--broker", "10.0.0.1:7070", "consume", "orders", "--from-beginning"]).unwrap();
+/// assert_eq!(cli.broker, "10.0.0.1:7070");
+/// assert!(matches!(cli.command, Command::Consume(args) if args.from_beginning));
+/// ```
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "ferry",
+    version,
+    about = "Administer topics, produce and consume records on a Ferry broker",
+    long_about = None
+)]
+pub struct Cli {
+    /// The broker to talk to, as HOST:PORT.
+    #[arg(long, global = true, value_name = "ADDR", default_value = DEFAULT_BROKER)]
+    pub broker: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Create, list, describe or delete topics.
+    #[command(subcommand)]
+    Topic(TopicCommand),
+    /// Send one record per stdin line; exits 0 only when every line was acknowledged.
+    Produce(ProduceArgs),
+    /// Print records, one value per line, on stdout.
+    Consume(ConsumeArgs),
+    /// Consumer groups (not supported yet).
+    #[command(hide = true)]
+    Group {
+        /// Ignored.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Transactions (not supported yet).
+    #[command(hide = true)]
+    Txn {
+        /// Ignored.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// `ferry topic ...`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum TopicCommand {
+    /// Create a topic.
+    Create {
+        /// The topic name: 1 to 249 of ASCII letters, digits, '.', '_' and '-'.
+        name: String,
+        /// The number of partitions.
+        #[arg(long, default_value_t = 1)]
+        partitions: u32,
+        /// A per-topic config override, e.g. retention.ms=86400000; repeatable.
+        #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+        config: Vec<(String, String)>,
+    },
+    /// List every topic's name on stdout, one per line.
+    List,
+    /// Print a topic's config and each partition's offsets and health.
+    Describe {
+        /// The topic name.
+        name: String,
+    },
+    /// Delete a topic and all its records.
+    Delete {
+        /// The topic name.
+        name: String,
+    },
+}
+
+/// The acknowledgement mode of `ferry produce`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AcksArg {
+    /// Fire-and-forget: a line counts once written to the socket (at-most-once).
+    None,
+    /// Wait for the broker's durable acknowledgement of every line.
+    All,
+}
+
+/// `ferry produce ...`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProduceArgs {
+    /// The topic to send to.
+    pub topic: String,
+    /// Send every record to this partition (default: by key hash, or sticky without a key).
+    #[arg(long)]
+    pub partition: Option<u32>,
+    /// Split each line at the first SEP into KEY and VALUE; a line without SEP is an error.
+    #[arg(long, value_name = "SEP")]
+    pub key_separator: Option<String>,
+    /// When a record counts as sent.
+    #[arg(long, value_enum, default_value = "all")]
+    pub acks: AcksArg,
+    /// How long a batch waits for more lines before it is sent, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 5)]
+    pub linger_ms: u64,
+    /// How long a line may take to be acknowledged, retries and broker restarts included, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 120_000)]
+    pub delivery_timeout_ms: u64,
+    /// Idempotent producer (not supported yet).
+    #[arg(long, hide = true)]
+    pub idempotent: bool,
+    /// Transactional producer (not supported yet).
+    #[arg(long, hide = true, value_name = "ID")]
+    pub transactional_id: Option<String>,
+    /// Lines per transaction (not supported yet).
+    #[arg(long, hide = true, value_name = "N")]
+    pub txn_size: Option<u64>,
+}
+
+/// `ferry consume ...`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConsumeArgs {
+    /// The topic to read.
+    pub topic: String,
+    /// Start at the oldest stored record instead of the end.
+    #[arg(long)]
+    pub from_beginning: bool,
+    /// Exit after printing this many records.
+    #[arg(long, value_name = "N")]
+    pub max_messages: Option<u64>,
+    /// Exit after this many milliseconds without a new record (default: wait forever).
+    #[arg(long, value_name = "MS")]
+    pub idle_timeout_ms: Option<u64>,
+    /// Print the key, a tab, then the value (an absent key prints as nothing).
+    #[arg(long)]
+    pub print_key: bool,
+    /// Prefix each line with PARTITION:OFFSET and a tab.
+    #[arg(long)]
+    pub print_offset: bool,
+    /// Read only this partition (default: all of the topic's partitions).
+    #[arg(long)]
+    pub partition: Option<u32>,
+    /// Consumer group (not supported yet).
+    #[arg(long, hide = true, value_name = "G")]
+    pub group: Option<String>,
+    /// Isolation level (not supported yet).
+    #[arg(long, hide = true)]
+    pub isolation: Option<String>,
+    /// Offset commit mode (not supported yet).
+    #[arg(long, hide = true)]
+    pub commit: Option<String>,
+}
+
+/// Why a `ferry` command failed; printed as one line on stderr.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A client operation failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// A flag or command exists in the design but not in this version.
+    #[error("{what} is not supported yet: {why}")]
+    NotSupported {
+        /// The flag or command.
+        what: &'static str,
+        /// Which later release brings it.
+        why: &'static str,
+    },
+    /// An input line could not be turned into a record.
+    #[error("line {line_number}: {reason}")]
+    BadLine {
+        /// The 1-based line number.
+        line_number: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Not every line was acknowledged.
+    #[error("only {n_acknowledged} of {n_lines} records were acknowledged; first failure")]
+    Incomplete {
+        /// Lines acknowledged (or written, with acks=none).
+        n_acknowledged: u64,
+        /// Lines read.
+        n_lines: u64,
+        /// The first failure.
+        #[source]
+        first_error: Box<CliError>,
+    },
+    /// Reading stdin failed.
+    #[error("reading stdin")]
+    Stdin(#[source] std::io::Error),
+    /// Writing stdout failed (other than a closed pipe, which ends the command quietly).
+    #[error("writing stdout")]
+    Stdout(#[source] std::io::Error),
+}
+
+const GROUPS_LATER: &str = "consumer groups arrive in a later release";
+const TRANSACTIONS_LATER: &str = "transactions arrive in a later release";
+
+fn not_supported(what: &'static str, why: &'static str) -> CliError {
+    CliError::NotSupported { what, why }
+}
+
+/// Parses `KEY=VALUE`.
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
+    }
+}
+
+/// The `ferry` binary: parses the command line, runs it on a Tokio runtime, prints one error line on failure.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            use clap::error::ErrorKind;
+            if matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = error.print();
+                return ExitCode::SUCCESS;
+            }
+            let rendered = error.to_string();
+            let first_line = rendered.lines().next().unwrap_or("invalid arguments");
+            eprintln!("ferry: {first_line} (see 'ferry --help')");
+            return ExitCode::FAILURE;
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("ferry: error: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let is_consume = matches!(cli.command, Command::Consume(_));
+    let outcome = runtime.block_on(async {
+        let run = run(cli, tokio::io::BufReader::new(tokio::io::stdin()), tokio::io::stdout(), tokio::io::stderr());
+        tokio::select! {
+            outcome = run => Some(outcome),
+            _ = tokio::signal::ctrl_c() => None,
+        }
+    });
+    // Do not wait for tasks blocked on stdin after an interrupt.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    match outcome {
+        Some(Ok(())) => ExitCode::SUCCESS,
+        // Ctrl-C is how an endless consume is stopped.
+        None if is_consume => ExitCode::SUCCESS,
+        None => {
+            eprintln!("ferry: error: interrupted");
+            ExitCode::FAILURE
+        }
+        Some(Err(error)) => {
+            eprintln!("ferry: error: {}", error_chain(&error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its sources on one line, joined by ": ".
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    line
+}
+
+/// Runs a parsed command with the given standard streams.
+///
+/// ```no_run
+/// use clap::Parser;
+/// use ferry_client::cli::{Cli, run};
+///
+/// # async fn example() -> Result<(), ferry_client::cli::CliError> {
+/// let cli = Cli::try_parse_from(["ferry", "produce", "orders"]).expect("valid arguments");
+/// let stdin = &b"first line\nsecond line\n"[..];
+/// let mut stderr = Vec::new();
+/// run(cli, stdin, tokio::io::sink(), &mut stderr).await?;
+/// # Ok(())
+/// # }
+/// ```
+pub async fn run<I, O, E>(cli: Cli, stdin: I, stdout: O, mut stderr: E) -> Result<(), CliError>
+where
+    I: AsyncBufRead + Unpin,
+    O: AsyncWrite + Unpin,
+    E: AsyncWrite + Unpin,
+{
+    let broker = cli.broker;
+    match cli.command {
+        Command::Topic(command) => topic(&broker, command, stdout, &mut stderr).await,
+        Command::Produce(args) => produce(&broker, args, stdin, &mut stderr).await,
+        Command::Consume(args) => consume(&broker, args, stdout, &mut stderr).await,
+        Command::Group { .. } => Err(not_supported("`ferry group`", GROUPS_LATER)),
+        Command::Txn { .. } => Err(not_supported("`ferry txn`", TRANSACTIONS_LATER)),
+    }
+}
+
+/// Writes a summary line to stderr; a failure to do so is not worth failing the command for.
+async fn note(stderr: &mut (impl AsyncWrite + Unpin), line: &str) {
+    let _ = stderr.write_all(format!("ferry: {line}\n").as_bytes()).await;
+    let _ = stderr.flush().await;
+}
+
+async fn topic(
+    broker: &str,
+    command: TopicCommand,
+    stdout: impl AsyncWrite + Unpin,
+    stderr: &mut (impl AsyncWrite + Unpin),
+) -> Result<(), CliError> {
+    let admin = Admin::new(broker, ConnectionConfig::default())?;
+    let mut out = BufWriter::new(stdout);
+    let mut text = String::new();
+    match command {
+        TopicCommand::Create { name, partitions, config } => {
+            let config: BTreeMap<String, String> = config.into_iter().collect();
+            admin.create_topic(&name, partitions, config).await?;
+            note(stderr, &format!("created topic {name} with {partitions} partitions")).await;
+        }
+        TopicCommand::List => {
+            for topic in admin.list_topics().await? {
+                text.push_str(&topic.name);
+                text.push('\n');
+            }
+        }
+        TopicCommand::Describe { name } => {
+            let topic = admin.describe_topic(&name).await?;
+            let config: Vec<String> = topic.config.iter().map(|(key, value)| format!("{key}={value}")).collect();
+            text.push_str(&format!(
+                "topic: {}\tpartitions: {}\tconfig: {}\n",
+                topic.name,
+                topic.partitions.len(),
+                config.join(",")
+            ));
+            for partition in &topic.partitions {
+                text.push_str(&format!(
+                    "\tpartition: {}\tstart: {}\tend: {}\tdamaged: {}",
+                    partition.partition, partition.start_offset, partition.end_offset, partition.damaged
+                ));
+                if let Some((code, message)) = &partition.error {
+                    text.push_str(&format!("\terror: {code} {message}"));
+                }
+                text.push('\n');
+            }
+        }
+        TopicCommand::Delete { name } => {
+            admin.delete_topic(&name).await?;
+            note(stderr, &format!("deleted topic {name}")).await;
+        }
+    }
+    admin.close().await;
+    let written = match write_out(&mut out, text.as_bytes()).await {
+        Ok(()) => flush_out(&mut out).await,
+        stop => stop,
+    };
+    match written {
+        Ok(()) | Err(WriteStop::Closed) => Ok(()),
+        Err(WriteStop::Failed(error)) => Err(CliError::Stdout(error)),
+    }
+}
+
+async fn produce(
+    broker: &str,
+    args: ProduceArgs,
+    mut stdin: impl AsyncBufRead + Unpin,
+    stderr: &mut (impl AsyncWrite + Unpin),
+) -> Result<(), CliError> {
+    if args.idempotent {
+        return Err(not_supported("--idempotent", "idempotent producers arrive in a later release"));
+    }
+    if args.transactional_id.is_some() || args.txn_size.is_some() {
+        return Err(not_supported("--transactional-id", TRANSACTIONS_LATER));
+    }
+    let acks = match args.acks {
+        AcksArg::All => Acks::All,
+        AcksArg::None => Acks::None,
+    };
+    let config = ProducerConfig {
+        acks,
+        linger: Duration::from_millis(args.linger_ms),
+        delivery_timeout: Duration::from_millis(args.delivery_timeout_ms),
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(broker, config)?;
+    let separator = args.key_separator.as_deref().map(str::as_bytes).filter(|separator| !separator.is_empty());
+    let mut deliveries = FuturesUnordered::new();
+    let mut n_lines: u64 = 0;
+    let mut n_acknowledged: u64 = 0;
+    let mut first_error: Option<CliError> = None;
+    let mut line = Vec::new();
+    let mut tally =
+        |result: Result<crate::RecordMetadata, ClientError>, first_error: &mut Option<CliError>| match result {
+            Ok(_) => n_acknowledged += 1,
+            Err(error) => {
+                first_error.get_or_insert(CliError::Client(error));
+            }
+        };
+    while first_error.is_none() {
+        line.clear();
+        match stdin.read_until(b'\n', &mut line).await {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(error) => {
+                first_error = Some(CliError::Stdin(error));
+                break;
+            }
+        }
+        n_lines += 1;
+        let record = match line_to_record(&args.topic, args.partition, separator, &line) {
+            Ok(record) => record,
+            Err(reason) => {
+                first_error = Some(CliError::BadLine { line_number: n_lines, reason });
+                break;
+            }
+        };
+        match producer.send(record).await {
+            Ok(delivery) => deliveries.push(delivery),
+            Err(error) => first_error = Some(CliError::Client(error)),
+        }
+        // Count what has completed, so the set of pending futures stays as small as the producer's buffer.
+        while let Some(Some(result)) = deliveries.next().now_or_never() {
+            tally(result, &mut first_error);
+        }
+    }
+    while let Some(result) = deliveries.next().await {
+        tally(result, &mut first_error);
+    }
+    let _ = producer.close().await;
+    let verb = if acks == Acks::None { "written (acks=none: not acknowledged)" } else { "acknowledged" };
+    note(stderr, &format!("{n_acknowledged} of {n_lines} records {verb}")).await;
+    match first_error {
+        None => Ok(()),
+        Some(error) => Err(CliError::Incomplete { n_acknowledged, n_lines, first_error: Box::new(error) }),
+    }
+}
+
+/// Turns one stdin line (with its line ending) into a record.
+fn line_to_record(
+    topic: &str,
+    partition: Option<u32>,
+    separator: Option<&[u8]>,
+    line: &[u8],
+) -> Result<ProducerRecord, String> {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut record = match separator {
+        None => ProducerRecord::new(topic, Bytes::copy_from_slice(line)),
+        Some(separator) => {
+            let Some(at) = line.windows(separator.len()).position(|window| window == separator) else {
+                return Err(format!("no key separator {:?}", String::from_utf8_lossy(separator)));
+            };
+            ProducerRecord::new(topic, Bytes::copy_from_slice(&line[at + separator.len()..]))
+                .with_key(Bytes::copy_from_slice(&line[..at]))
+        }
+    };
+    record.partition = partition;
+    Ok(record)
+}
+
+async fn consume(
+    broker: &str,
+    args: ConsumeArgs,
+    stdout: impl AsyncWrite + Unpin,
+    stderr: &mut (impl AsyncWrite + Unpin),
+) -> Result<(), CliError> {
+    if args.group.is_some() {
+        return Err(not_supported("--group", GROUPS_LATER));
+    }
+    if args.commit.is_some() {
+        return Err(not_supported("--commit", GROUPS_LATER));
+    }
+    if args.isolation.is_some() {
+        return Err(not_supported("--isolation", TRANSACTIONS_LATER));
+    }
+    if args.max_messages == Some(0) {
+        return Ok(());
+    }
+    let start = if args.from_beginning { SeekTo::Earliest } else { SeekTo::Latest };
+    let offset_reset = if args.from_beginning { OffsetReset::Earliest } else { OffsetReset::Latest };
+    let mut consumer = Consumer::new(broker, ConsumerConfig { offset_reset, ..ConsumerConfig::default() })?;
+    let partitions: Vec<u32> = match args.partition {
+        Some(partition) => vec![partition],
+        None => {
+            let admin = Admin::new(broker, ConnectionConfig::default())?;
+            let topic = admin.describe_topic(&args.topic).await;
+            admin.close().await;
+            topic?.partitions.iter().map(|partition| partition.partition).collect()
+        }
+    };
+    consumer.assign(&args.topic, partitions)?;
+    consumer.seek_all(start);
+    let idle_timeout = args.idle_timeout_ms.map(Duration::from_millis);
+    let mut last_record_at = Instant::now();
+    let mut n_printed: u64 = 0;
+    let mut out = BufWriter::new(stdout);
+    let mut line = Vec::new();
+    'poll: loop {
+        let poll_timeout = match idle_timeout {
+            Some(idle_timeout) => {
+                let left = (last_record_at + idle_timeout).saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                left.min(Duration::from_secs(1))
+            }
+            None => Duration::from_secs(1),
+        };
+        let records = consumer.poll(poll_timeout).await?;
+        if records.is_empty() {
+            continue;
+        }
+        last_record_at = Instant::now();
+        for record in records {
+            line.clear();
+            format_record(&record, args.print_key, args.print_offset, &mut line);
+            match write_out(&mut out, &line).await {
+                Ok(()) => {}
+                Err(WriteStop::Closed) => break 'poll,
+                Err(WriteStop::Failed(error)) => return Err(CliError::Stdout(error)),
+            }
+            n_printed += 1;
+            if args.max_messages.is_some_and(|max| n_printed >= max) {
+                break 'poll;
+            }
+        }
+        match flush_out(&mut out).await {
+            Ok(()) => {}
+            Err(WriteStop::Closed) => break,
+            Err(WriteStop::Failed(error)) => return Err(CliError::Stdout(error)),
+        }
+    }
+    match flush_out(&mut out).await {
+        Ok(()) | Err(WriteStop::Closed) => {}
+        Err(WriteStop::Failed(error)) => return Err(CliError::Stdout(error)),
+    }
+    consumer.close().await;
+    note(stderr, &format!("consumed {n_printed} records")).await;
+    Ok(())
+}
+
+/// One output line: `[PARTITION:OFFSET<TAB>][KEY<TAB>]VALUE<LF>`; null keys and values print as nothing.
+pub fn format_record(record: &ConsumerRecord, print_key: bool, print_offset: bool, line: &mut Vec<u8>) {
+    if print_offset {
+        line.extend_from_slice(format!("{}:{}\t", record.partition, record.offset).as_bytes());
+    }
+    if print_key {
+        line.extend_from_slice(record.key.as_deref().unwrap_or_default());
+        line.push(b'\t');
+    }
+    line.extend_from_slice(record.value.as_deref().unwrap_or_default());
+    line.push(b'\n');
+}
+
+/// Why output stopped.
+enum WriteStop {
+    /// The reader went away (`| head`): stop quietly.
+    Closed,
+    /// Any other write error.
+    Failed(std::io::Error),
+}
+
+/// Writes `bytes` to the (buffered) output; [`flush_out`] pushes them out.
+async fn write_out(out: &mut (impl AsyncWrite + Unpin), bytes: &[u8]) -> Result<(), WriteStop> {
+    classify(out.write_all(bytes).await)
+}
+
+async fn flush_out(out: &mut (impl AsyncWrite + Unpin)) -> Result<(), WriteStop> {
+    classify(out.flush().await)
+}
+
+fn classify(result: std::io::Result<()>) -> Result<(), WriteStop> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Err(WriteStop::Closed),
+        Err(error) => Err(WriteStop::Failed(error)),
+    }
+}

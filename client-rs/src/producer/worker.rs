@@ -1,0 +1,560 @@
+//! The producer's one background task: it owns every partition's batches, so none of that state needs a lock.
+//!
+//! Each round it takes the commands that arrived (records, flushes), fails batches past their delivery deadline,
+//! sends what may be sent, and then sleeps until the next command, response, linger expiry, retry time or deadline.
+//! Requests in flight are futures polled by this task (`FuturesUnordered`), not spawned tasks: the connection's own
+//! tasks do the I/O, and a request here only waits for its answer.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Duration;
+
+use ferry_protocol::batch::ProducerFields;
+use ferry_protocol::messages::{Acks as WireAcks, ProducePartition, ProduceRequest, ProduceTopic};
+use ferry_protocol::{ApiKey, BatchBuilder, NewRecord, ProtocolError, RecordBatch, Request, Response, TopicName};
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{Accepted, Acks, COMMANDS_PER_ROUND_MAX, Command, ProducerConfig, RecordMetadata};
+use crate::backoff::random_u64;
+use crate::connection::Connection;
+use crate::error::ClientError;
+use crate::partitioner::partition_for_key;
+
+/// Room left in a produce frame for the frame header and the request's fields around the batches.
+const PRODUCE_OVERHEAD_BYTES: u32 = ferry_protocol::limits::FRAME_OVERHEAD_BYTES_MAX;
+
+type PartitionKey = (TopicName, u32);
+type Reply = oneshot::Sender<Result<RecordMetadata, ClientError>>;
+
+/// A record inside a batch, waiting for its outcome.
+#[derive(Debug)]
+struct PendingRecord {
+    reply: Reply,
+    /// Released when the record completes: the record's bytes leave the buffer.
+    permit: tokio::sync::OwnedSemaphorePermit,
+    /// The flush epoch the record was accepted in.
+    epoch: u64,
+}
+
+/// The batch a partition is filling.
+#[derive(Debug)]
+struct OpenBatch {
+    builder: BatchBuilder,
+    records: Vec<PendingRecord>,
+    created: Instant,
+    /// The first record's delivery deadline: the earliest of the batch.
+    deadline: Instant,
+}
+
+/// A closed batch waiting to be sent (or re-sent).
+#[derive(Debug)]
+struct ReadyBatch {
+    batch: RecordBatch,
+    records: Vec<PendingRecord>,
+    deadline: Instant,
+    /// Not to be sent before this instant (retry backoff).
+    not_before: Instant,
+    attempts: u32,
+    last_error: Option<ClientError>,
+}
+
+#[derive(Debug, Default)]
+struct PartitionState {
+    open: Option<OpenBatch>,
+    /// Closed batches in send order; a retried batch goes back to the front.
+    ready: VecDeque<ReadyBatch>,
+    in_flight: u32,
+}
+
+/// A batch inside a produce request.
+#[derive(Debug)]
+struct InFlightBatch {
+    topic: TopicName,
+    partition: u32,
+    batch: ReadyBatch,
+}
+
+/// What a finished produce request hands back: its batches and the outcome (`None` for acks=none).
+type Completion = (Vec<InFlightBatch>, Result<Option<Response>, ClientError>);
+
+/// Counts records per flush epoch, so a flush completes once everything accepted before it has completed.
+#[derive(Debug, Default)]
+pub(super) struct FlushTracker {
+    epoch: u64,
+    outstanding: BTreeMap<u64, usize>,
+    waiters: Vec<(u64, oneshot::Sender<()>)>,
+}
+
+impl FlushTracker {
+    /// Registers an accepted record; returns its epoch.
+    pub(super) fn accept(&mut self) -> u64 {
+        *self.outstanding.entry(self.epoch).or_default() += 1;
+        self.epoch
+    }
+
+    /// Marks a record of `epoch` completed and wakes the flushes it was the last one for.
+    pub(super) fn complete(&mut self, epoch: u64) {
+        if let Some(count) = self.outstanding.get_mut(&epoch) {
+            *count -= 1;
+            if *count == 0 {
+                self.outstanding.remove(&epoch);
+            }
+        }
+        let oldest = self.outstanding.keys().next().copied();
+        let (done, waiting) = std::mem::take(&mut self.waiters)
+            .into_iter()
+            .partition(|(epoch, _)| oldest.is_none_or(|oldest| oldest > *epoch));
+        self.waiters = waiting;
+        for (_, waiter) in done {
+            let _ = waiter.send(());
+        }
+    }
+
+    /// Registers a flush of everything accepted so far.
+    pub(super) fn flush(&mut self, waiter: oneshot::Sender<()>) {
+        let epoch = self.epoch;
+        self.epoch += 1;
+        if self.outstanding.range(..=epoch).next().is_none() {
+            let _ = waiter.send(());
+        } else {
+            self.waiters.push((epoch, waiter));
+        }
+    }
+}
+
+pub(super) struct Worker {
+    config: ProducerConfig,
+    connection: Connection,
+    commands: mpsc::Receiver<Command>,
+    shutdown: CancellationToken,
+    partitions: HashMap<PartitionKey, PartitionState>,
+    /// The partition each topic's key-less records currently stick to.
+    sticky: HashMap<TopicName, u32>,
+    in_flight: FuturesUnordered<BoxFuture<'static, Completion>>,
+    flush: FlushTracker,
+}
+
+impl Worker {
+    pub(super) fn new(
+        config: ProducerConfig,
+        connection: Connection,
+        commands: mpsc::Receiver<Command>,
+        shutdown: CancellationToken,
+    ) -> Worker {
+        Worker {
+            config,
+            connection,
+            commands,
+            shutdown,
+            partitions: HashMap::new(),
+            sticky: HashMap::new(),
+            in_flight: FuturesUnordered::new(),
+            flush: FlushTracker::default(),
+        }
+    }
+
+    pub(super) async fn run(mut self) {
+        loop {
+            let now = Instant::now();
+            self.expire(now);
+            self.send_ready(now);
+            let wake_at = self.next_wake(now);
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => break,
+                Some(completion) = self.in_flight.next(), if !self.in_flight.is_empty() => self.complete(completion),
+                command = self.commands.recv() => match command {
+                    Some(command) => {
+                        self.handle(command);
+                        for _ in 1..COMMANDS_PER_ROUND_MAX {
+                            match self.commands.try_recv() {
+                                Ok(command) => self.handle(command),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    // Every producer handle is gone.
+                    None => break,
+                },
+                () = sleep_until_opt(wake_at) => {}
+            }
+        }
+        self.fail_everything();
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Send(accepted) => self.append(*accepted),
+            Command::Flush(waiter) => {
+                for ((topic, partition), state) in &mut self.partitions {
+                    if let Some(open) = state.open.take() {
+                        close_batch(&mut self.flush, &mut self.sticky, topic, *partition, state, open);
+                    }
+                }
+                self.flush.flush(waiter);
+            }
+        }
+    }
+
+    /// Picks the record's partition and adds it to that partition's open batch.
+    fn append(&mut self, accepted: Accepted) {
+        let Accepted { topic, partition_count, record, timestamp, deadline, permit, reply } = accepted;
+        let partition = match (record.partition, &record.key) {
+            (Some(partition), _) => partition,
+            (None, Some(key)) => partition_for_key(key, partition_count),
+            (None, None) => *self.sticky.entry(topic.clone()).or_insert_with(|| pick_partition(partition_count)),
+        };
+        let epoch = self.flush.accept();
+        let pending = PendingRecord { reply, permit, epoch };
+        let headers: Vec<(&[u8], Option<&[u8]>)> =
+            record.headers.iter().map(|(key, value)| (&key[..], value.as_deref())).collect();
+        let new_record =
+            NewRecord { timestamp, key: record.key.as_deref(), value: record.value.as_deref(), headers: &headers };
+        let batch_bytes_max = self.batch_bytes_max();
+        let now = Instant::now();
+        let key = (topic, partition);
+        let state = self.partitions.entry(key.clone()).or_default();
+        let open = state.open.get_or_insert_with(|| new_open_batch(batch_bytes_max, now, deadline));
+        let result = match open.builder.push(new_record) {
+            Err(ProtocolError::EncodeTooLarge { .. }) if !open.builder.is_empty() => {
+                // The open batch is full: close it and start another in the same partition.
+                let full = state.open.take().expect("the open batch was just used");
+                close_batch(&mut self.flush, &mut self.sticky, &key.0, key.1, state, full);
+                let open = state.open.insert(new_open_batch(batch_bytes_max, now, deadline));
+                open.builder.push(new_record)
+            }
+            result => result,
+        };
+        match result {
+            Ok(()) => {
+                let open = state.open.as_mut().expect("the record was just pushed into it");
+                open.records.push(pending);
+            }
+            Err(error) => {
+                // The record cannot be sent at all (too large even alone, a bad timestamp): it fails alone.
+                if state.open.as_ref().is_some_and(|open| open.builder.is_empty()) {
+                    state.open = None;
+                }
+                let error = match error {
+                    ProtocolError::EncodeTooLarge { len, max } => ClientError::RecordTooLarge {
+                        size: usize::try_from(len).unwrap_or(usize::MAX),
+                        max: usize::try_from(max).unwrap_or(usize::MAX),
+                    },
+                    error => ClientError::protocol(error),
+                };
+                finish(&mut self.flush, pending, Err(error));
+            }
+        }
+    }
+
+    /// The largest batch to build: the configured size, lowered to what the broker announced.
+    fn batch_bytes_max(&self) -> u32 {
+        let announced = self.connection.limits_if_known().map_or(u32::MAX, |limits| limits.batch_bytes_max);
+        self.config.batch_bytes_max.min(announced)
+    }
+
+    /// Fails batches that are not in flight and whose delivery deadline has passed.
+    fn expire(&mut self, now: Instant) {
+        let timeout = self.config.delivery_timeout;
+        for ((topic, partition), state) in &mut self.partitions {
+            if state.open.as_ref().is_some_and(|open| open.deadline <= now) {
+                let open = state.open.take().expect("checked just above");
+                if self.sticky.get(topic) == Some(partition) {
+                    self.sticky.remove(topic);
+                }
+                for record in open.records {
+                    finish(&mut self.flush, record, Err(ClientError::DeliveryTimeout { timeout, last_error: None }));
+                }
+            }
+            let mut kept = VecDeque::with_capacity(state.ready.len());
+            for ready in state.ready.drain(..) {
+                if ready.deadline <= now {
+                    let error = ClientError::DeliveryTimeout { timeout, last_error: ready.last_error.map(Box::new) };
+                    fail_records(&mut self.flush, ready.records, &error);
+                } else {
+                    kept.push_back(ready);
+                }
+            }
+            state.ready = kept;
+        }
+    }
+
+    /// Builds produce requests from every partition that may send, until none may.
+    fn send_ready(&mut self, now: Instant) {
+        let frame_bytes_max = self
+            .connection
+            .limits_if_known()
+            .map_or(ferry_protocol::limits::FRAME_BYTES_MAX, |limits| limits.frame_bytes_max);
+        let request_bytes_max = frame_bytes_max.saturating_sub(PRODUCE_OVERHEAD_BYTES).max(1);
+        let in_flight_max = self.config.max_in_flight_per_partition;
+        let linger = self.config.linger;
+        loop {
+            let mut batches = Vec::new();
+            let mut request_bytes: u32 = 0;
+            for ((topic, partition), state) in &mut self.partitions {
+                if state.in_flight >= in_flight_max {
+                    continue;
+                }
+                if state.ready.is_empty() && state.open.as_ref().is_some_and(|open| open.created + linger <= now) {
+                    let open = state.open.take().expect("checked just above");
+                    close_batch(&mut self.flush, &mut self.sticky, topic, *partition, state, open);
+                }
+                let Some(front) = state.ready.front() else { continue };
+                let batch_bytes = front.batch.len_bytes();
+                if front.not_before > now || (!batches.is_empty() && request_bytes + batch_bytes > request_bytes_max) {
+                    continue;
+                }
+                let batch = state.ready.pop_front().expect("checked just above");
+                state.in_flight += 1;
+                request_bytes += batch_bytes;
+                batches.push(InFlightBatch { topic: topic.clone(), partition: *partition, batch });
+            }
+            if batches.is_empty() {
+                return;
+            }
+            self.start_request(batches, now);
+        }
+    }
+
+    fn start_request(&mut self, batches: Vec<InFlightBatch>, now: Instant) {
+        let mut topics: BTreeMap<&TopicName, Vec<ProducePartition>> = BTreeMap::new();
+        for in_flight in &batches {
+            topics.entry(&in_flight.topic).or_default().push(ProducePartition {
+                partition: in_flight.partition,
+                records: in_flight.batch.batch.as_bytes().clone(),
+            });
+        }
+        // The request may not outlive the earliest deadline among its batches: then that batch has failed anyway.
+        let deadline = batches.iter().map(|in_flight| in_flight.batch.deadline).min().unwrap_or(now);
+        let timeout = self.config.connection.request_timeout.min(deadline.saturating_duration_since(now));
+        let timeout = timeout.max(Duration::from_millis(1));
+        let acks = self.config.acks;
+        let request = Request::Produce(ProduceRequest {
+            acks: i32::from(match acks {
+                Acks::All => WireAcks::All,
+                Acks::None => WireAcks::None,
+            }),
+            timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
+            topics: topics
+                .into_iter()
+                .map(|(topic, partitions)| ProduceTopic { name: topic.as_str().to_owned(), partitions })
+                .collect(),
+        });
+        let connection = self.connection.clone();
+        self.in_flight.push(Box::pin(async move {
+            let result = match acks {
+                Acks::All => connection.request_with_timeout(request, timeout).await.map(Some),
+                Acks::None => connection.send_without_response(request, timeout).await.map(|()| None),
+            };
+            (batches, result)
+        }));
+    }
+
+    /// Handles a finished produce request: completes, retries or fails each of its batches.
+    fn complete(&mut self, (batches, result): Completion) {
+        let now = Instant::now();
+        let response = match result {
+            Ok(Some(Response::Produce(response))) => Some(response),
+            Ok(Some(_)) => {
+                let error = ClientError::UnexpectedResponse { api: ApiKey::Produce, reason: "not a Produce response" };
+                return self.fail_all(batches, &error, now);
+            }
+            Ok(None) => None,
+            Err(error) => return self.fail_all(batches, &error, now),
+        };
+        if let Some(response) = &response
+            && let Err(error) = ClientError::check_wire(response.error_code, "")
+        {
+            return self.fail_all(batches, &error, now);
+        }
+        for in_flight in batches {
+            let InFlightBatch { topic, partition, batch } = in_flight;
+            let Some(response) = &response else {
+                // acks=none: written is all we will ever know.
+                self.done(&topic, partition);
+                let metadata = RecordMetadata { partition, offset: None };
+                for record in batch.records {
+                    finish(&mut self.flush, record, Ok(metadata));
+                }
+                continue;
+            };
+            let outcome = response
+                .topics
+                .iter()
+                .filter(|t| t.name == topic.as_str())
+                .flat_map(|t| t.partitions.iter())
+                .find(|p| p.partition == partition);
+            match outcome {
+                Some(outcome) if outcome.error_code == 0 => {
+                    self.done(&topic, partition);
+                    for (record_idx, record) in batch.records.into_iter().enumerate() {
+                        let offset = outcome.base_offset + u64::try_from(record_idx).unwrap_or(u64::MAX);
+                        finish(&mut self.flush, record, Ok(RecordMetadata { partition, offset: Some(offset) }));
+                    }
+                }
+                Some(outcome) => {
+                    let error = ClientError::from_wire(outcome.error_code, &outcome.error_message);
+                    self.retry_or_fail(topic, partition, batch, error, now);
+                }
+                None => {
+                    let error = ClientError::UnexpectedResponse {
+                        api: ApiKey::Produce,
+                        reason: "the response leaves out a partition of the request",
+                    };
+                    self.retry_or_fail(topic, partition, batch, error, now);
+                }
+            }
+        }
+    }
+
+    fn fail_all(&mut self, batches: Vec<InFlightBatch>, error: &ClientError, now: Instant) {
+        for InFlightBatch { topic, partition, batch } in batches {
+            self.retry_or_fail(topic, partition, batch, error.clone(), now);
+        }
+    }
+
+    /// Puts a batch back at the front of its partition after a backoff, or fails its records: at once for an error
+    /// that is not retriable, with `DeliveryTimeout` when the backoff would end past the batch's deadline.
+    fn retry_or_fail(
+        &mut self,
+        topic: TopicName,
+        partition: u32,
+        mut batch: ReadyBatch,
+        error: ClientError,
+        now: Instant,
+    ) {
+        self.done(&topic, partition);
+        if !error.is_retriable() {
+            tracing::debug!(topic = %topic, partition, %error, "produce failed; not retriable");
+            return fail_records(&mut self.flush, batch.records, &error);
+        }
+        batch.attempts += 1;
+        let retry_at = now + self.config.retry_backoff().delay(batch.attempts);
+        if retry_at >= batch.deadline {
+            let timeout = self.config.delivery_timeout;
+            let error = ClientError::DeliveryTimeout { timeout, last_error: Some(Box::new(error)) };
+            return fail_records(&mut self.flush, batch.records, &error);
+        }
+        tracing::debug!(topic = %topic, partition, %error, attempt = batch.attempts, "retrying a produce");
+        batch.not_before = retry_at;
+        batch.last_error = Some(error);
+        self.partitions.entry((topic, partition)).or_default().ready.push_front(batch);
+    }
+
+    /// One request of the partition is no longer in flight.
+    fn done(&mut self, topic: &TopicName, partition: u32) {
+        if let Some(state) = self.partitions.get_mut(&(topic.clone(), partition)) {
+            state.in_flight = state.in_flight.saturating_sub(1);
+        }
+    }
+
+    /// The next instant something is due: a linger expiry, a retry, a deadline.
+    fn next_wake(&self, now: Instant) -> Option<Instant> {
+        let in_flight_max = self.config.max_in_flight_per_partition;
+        let mut wake: Option<Instant> = None;
+        let mut consider = |at: Instant| wake = Some(wake.map_or(at, |wake| wake.min(at)));
+        for state in self.partitions.values() {
+            let may_send = state.in_flight < in_flight_max;
+            if let Some(open) = &state.open {
+                consider(open.deadline);
+                if may_send && state.ready.is_empty() {
+                    consider(open.created + self.config.linger);
+                }
+            }
+            if let Some(front) = state.ready.front()
+                && may_send
+            {
+                consider(front.not_before);
+            }
+            for ready in &state.ready {
+                consider(ready.deadline);
+            }
+        }
+        // Never wake in the past: that would spin.
+        wake.map(|wake| wake.max(now))
+    }
+
+    /// The producer is closing: everything not yet completed fails with `Closed`.
+    fn fail_everything(&mut self) {
+        for (_, state) in self.partitions.drain() {
+            if let Some(open) = state.open {
+                fail_records(&mut self.flush, open.records, &ClientError::Closed);
+            }
+            for ready in state.ready {
+                fail_records(&mut self.flush, ready.records, &ClientError::Closed);
+            }
+        }
+        // Requests in flight are dropped with their batches; each record's reply sender drops and its future
+        // resolves to `Closed`.
+        self.in_flight.clear();
+    }
+}
+
+fn new_open_batch(batch_bytes_max: u32, now: Instant, deadline: Instant) -> OpenBatch {
+    OpenBatch {
+        builder: BatchBuilder::with_bytes_max(batch_bytes_max).producer(ProducerFields::NONE),
+        records: Vec::new(),
+        created: now,
+        deadline,
+    }
+}
+
+/// Closes a partition's open batch into its ready queue; key-less records stop sticking to the partition.
+fn close_batch(
+    flush: &mut FlushTracker,
+    sticky: &mut HashMap<TopicName, u32>,
+    topic: &TopicName,
+    partition: u32,
+    state: &mut PartitionState,
+    open: OpenBatch,
+) {
+    if sticky.get(topic) == Some(&partition) {
+        sticky.remove(topic);
+    }
+    if open.records.is_empty() {
+        return;
+    }
+    let OpenBatch { builder, records, deadline, .. } = open;
+    match builder.build() {
+        Ok(batch) => state.ready.push_back(ReadyBatch {
+            batch,
+            records,
+            deadline,
+            not_before: Instant::now(),
+            attempts: 0,
+            last_error: None,
+        }),
+        // Every record was pushed successfully, so this cannot happen; fail the records rather than lose them.
+        Err(error) => fail_records(flush, records, &ClientError::protocol(error)),
+    }
+}
+
+/// A partition for a topic's key-less records: uniformly at random.
+fn pick_partition(partition_count: u32) -> u32 {
+    u32::try_from(random_u64() % u64::from(partition_count.max(1))).unwrap_or(0)
+}
+
+fn finish(flush: &mut FlushTracker, record: PendingRecord, result: Result<RecordMetadata, ClientError>) {
+    let epoch = record.epoch;
+    // The application may have dropped the future; the record still counts as completed.
+    let _ = record.reply.send(result);
+    drop(record.permit);
+    flush.complete(epoch);
+}
+
+fn fail_records(flush: &mut FlushTracker, records: Vec<PendingRecord>, error: &ClientError) {
+    for record in records {
+        finish(flush, record, Err(error.clone()));
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
