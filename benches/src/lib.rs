@@ -1,0 +1,1 @@
+//! Ferry benchmarks: load generators and micro-benchmarks (see `benches/README.md`).
