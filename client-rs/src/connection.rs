@@ -601,6 +601,9 @@ async fn handshake(
     write_half.write_all(&buf).await.map_err(|_| lost())?;
     let frame = match reader.next().await {
         Some(Ok(frame)) => frame,
+        // A reset (e.g. a broker that is shutting down dropping its listener's backlog) is a lost connection,
+        // retriable like any other, not a protocol violation.
+        Some(Err(ferry_protocol::ProtocolError::Io(_))) => return Err(lost()),
         Some(Err(error)) => return Err(ClientError::protocol(error)),
         None => return Err(lost()),
     };

@@ -152,3 +152,26 @@ async fn an_unreachable_broker_gives_a_retriable_connect_error() {
     assert!(matches!(error, ClientError::Connect { .. }), "{error:?}");
     assert!(error.is_retriable());
 }
+
+/// A broker that is shutting down resets connections still in its listener's backlog: the handshake then fails
+/// with a retriable lost connection (a producer retries it), not a protocol error (which would fail records).
+#[tokio::test]
+async fn a_connection_reset_during_the_handshake_is_a_retriable_lost_connection() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address").to_string();
+    let resetter = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accept");
+        // Wait for the ApiVersions request, then close with a reset (linger 0), as a dropped backlog does.
+        let mut buf = [0u8; 64];
+        let _ = stream.readable().await;
+        let _ = stream.try_read(&mut buf);
+        stream.set_zero_linger().expect("linger");
+        drop(stream);
+    });
+    let connection = Connection::new(&addr, ConnectionConfig::default()).expect("valid config");
+    let error = connection.limits().await.expect_err("reset");
+    resetter.await.expect("task");
+    assert!(matches!(error, ClientError::ConnectionLost { .. }), "{error:?}");
+    assert!(error.is_retriable());
+    connection.close().await;
+}
