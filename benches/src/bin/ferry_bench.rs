@@ -108,7 +108,9 @@ struct Outcome {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if cli.idempotent || cli.transactional {
-        bail!("--idempotent and --transactional are not supported yet: they arrive with the idempotence and transaction issues");
+        bail!(
+            "--idempotent and --transactional are not supported yet: they arrive with the idempotence and transaction issues"
+        );
     }
     if cli.scenario == Scenario::EndToEnd && cli.message_size < 16 {
         bail!("end-to-end needs --message-size of at least 16 (the value carries its send time)");

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use ferry_protocol::RecordBatch;
-use tokio::sync::Notify;
 use ferry_protocol::batch::{BATCH_HEADER_BYTES, BatchHeader};
+use tokio::sync::Notify;
 
 use crate::error::{Damage, LogError};
 use crate::fs::read_up_to;

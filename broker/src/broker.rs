@@ -1,0 +1,236 @@
+//! Starting and stopping a broker: [`Broker::open`] and [`Broker::shutdown`].
+//!
+//! Startup order: validate the config, install the metrics recorder, lock the data directory, open the metadata
+//! store, serve `/metrics`, bind the client listener, open every partition (recovery), then start the network
+//! server (logged as `listening on ADDR`). Each step that fails stops startup with a [`StartupError`] naming what
+//! failed, and everything opened so far is closed again (by drop).
+//!
+//! Shutdown order ([`Broker::shutdown`]): cancel the token (the server stops accepting; each connection stops
+//! reading, finishes its requests in flight and closes), wait for every task (up to [`SHUTDOWN_TASKS_DEADLINE`]),
+//! shut every appender down (drain, sync, clean checkpoint), close the metadata store, release the lock.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, ConfigError};
+use crate::data_dir::{self, DataDirLock};
+use crate::meta::{MetaConfig, MetaError, MetaStore};
+use crate::metrics;
+use crate::partitions::{PartitionRecovery, Partitions, PartitionsError};
+use crate::server::{self, ServerState};
+
+/// How long [`Broker::shutdown`] waits for the broker's tasks to finish before closing the stores anyway.
+pub const SHUTDOWN_TASKS_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The configuration is invalid.
+    #[error("invalid configuration")]
+    Config(#[from] ConfigError),
+    /// The data directory does not exist and could not be created.
+    #[error("cannot create data directory {path}")]
+    CreateDataDir {
+        /// The data directory.
+        path: PathBuf,
+        /// The underlying I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The lock file could not be opened, locked or written.
+    #[error("cannot lock data directory with {path}")]
+    LockFile {
+        /// The lock file.
+        path: PathBuf,
+        /// The underlying I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another broker holds the data directory's lock.
+    #[error("data directory {path} is locked by another broker{}", holder_text(.holder))]
+    DataDirLocked {
+        /// The data directory.
+        path: PathBuf,
+        /// The process id recorded by the holder, if readable.
+        holder: Option<u32>,
+    },
+    /// The metadata store could not be opened.
+    #[error("cannot open the metadata store")]
+    Meta(#[source] MetaError),
+    /// Another metrics recorder was installed in this process first.
+    #[error("cannot set up metrics")]
+    Metrics(#[from] metrics::InstallError),
+    /// A partition log could not be opened, or a deletion interrupted by a crash could not be finished.
+    #[error("cannot open the partition logs")]
+    Partitions(#[source] PartitionsError),
+    /// The server could not listen on its client address.
+    #[error("cannot listen for clients on {address}")]
+    Listen {
+        /// The configured `listen` address.
+        address: SocketAddr,
+        /// The underlying I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The metrics endpoint could not listen on its address.
+    #[error("cannot listen for metrics on {address}")]
+    MetricsListen {
+        /// The configured `metrics_listen` address.
+        address: SocketAddr,
+        /// The underlying I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn holder_text(holder: &Option<u32>) -> String {
+    holder.map(|pid| format!(" (process {pid})")).unwrap_or_default()
+}
+
+/// Why the broker could not shut down cleanly. Whatever failed is recovered from disk on the next start.
+#[derive(Debug, thiserror::Error)]
+pub enum ShutdownError {
+    /// The metadata store could not be flushed and closed.
+    #[error("cannot close the metadata store")]
+    Meta(#[source] MetaError),
+}
+
+/// A running broker: its stores, its background tasks and the lock on its data directory.
+///
+/// Dropping it without [`Broker::shutdown`] cancels its tasks but skips the orderly close.
+#[derive(Debug)]
+pub struct Broker {
+    config: Arc<Config>,
+    meta: Arc<MetaStore>,
+    partitions: Arc<Partitions>,
+    address: SocketAddr,
+    metrics_address: SocketAddr,
+    shutdown: CancellationToken,
+    _cancel_on_drop: DropGuard,
+    tasks: TaskTracker,
+    /// Dropped last, after the stores are closed.
+    lock: DataDirLock,
+}
+
+impl Broker {
+    /// Starts a broker with `config` (validated here too): locks the data directory, opens the metadata store,
+    /// serves `/metrics`, opens every partition and serves clients on `config.listen`.
+    /// Must run inside a multi-threaded tokio runtime; blocking steps run on the blocking pool.
+    pub async fn open(config: Config) -> Result<Broker, StartupError> {
+        config.validate()?;
+        let config = Arc::new(config);
+        let metrics_handle = metrics::install_recorder()?;
+
+        let data_dir = config.data_dir.clone();
+        let (lock, meta) = tokio::task::spawn_blocking(move || {
+            let lock = DataDirLock::acquire(&data_dir)?;
+            let meta =
+                MetaStore::open(&data_dir::meta_dir(&data_dir), &MetaConfig::default()).map_err(StartupError::Meta)?;
+            Ok::<_, StartupError>((lock, meta))
+        })
+        .await
+        .unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()))?;
+        let meta = Arc::new(meta);
+        let info = meta.broker_info();
+        tracing::info!(
+            data_dir = %config.data_dir.display(),
+            broker_id = info.broker_id,
+            cluster_id = %info.cluster_id,
+            "metadata store open"
+        );
+
+        let listener = TcpListener::bind(config.metrics_listen)
+            .await
+            .map_err(|source| StartupError::MetricsListen { address: config.metrics_listen, source })?;
+        let metrics_address = listener
+            .local_addr()
+            .map_err(|source| StartupError::MetricsListen { address: config.metrics_listen, source })?;
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        tasks.spawn(metrics::serve(listener, metrics_handle, shutdown.clone()));
+        // Tests and operators find the (possibly ephemeral) port in this line.
+        tracing::info!("metrics listening on {metrics_address}");
+
+        // Bound before recovery so the port is taken early; connections wait in the backlog until the server runs.
+        let listen_error = |source| StartupError::Listen { address: config.listen, source };
+        let listener = TcpListener::bind(config.listen).await.map_err(listen_error)?;
+        let address = listener.local_addr().map_err(listen_error)?;
+        let partitions =
+            Partitions::open(Arc::clone(&config), Arc::clone(&meta)).await.map_err(StartupError::Partitions)?;
+        let partitions = Arc::new(partitions);
+        let state =
+            Arc::new(ServerState::new(Arc::clone(&config), Arc::clone(&partitions), shutdown.clone(), tasks.clone()));
+        tasks.spawn(server::run(listener, state, shutdown.clone()));
+        // Tests and operators find the (possibly ephemeral) port in this line.
+        tracing::info!("listening on {address}");
+
+        Ok(Broker {
+            config,
+            meta,
+            partitions,
+            address,
+            metrics_address,
+            _cancel_on_drop: shutdown.clone().drop_guard(),
+            shutdown,
+            tasks,
+            lock,
+        })
+    }
+
+    /// The validated configuration the broker runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The metadata store. Its methods block: call them from `spawn_blocking`.
+    pub fn meta(&self) -> &Arc<MetaStore> {
+        &self.meta
+    }
+
+    /// The address `/metrics` is served on; differs from `metrics_listen` when that asked for port 0.
+    pub fn metrics_address(&self) -> SocketAddr {
+        self.metrics_address
+    }
+
+    /// The address clients connect to; differs from `listen` when that asked for port 0.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// What recovery found for each partition opened at startup (in topic and partition order): whether it took the
+    /// clean path, what it truncated, whether it is damaged.
+    pub fn recovery_reports(&self) -> &[PartitionRecovery] {
+        self.partitions.recovery_reports()
+    }
+
+    /// Stops the broker in order: cancel the tasks and wait for them (up to [`SHUTDOWN_TASKS_DEADLINE`]): the
+    /// server stops accepting and every connection finishes its requests in flight; then shut every appender down
+    /// (each drains its queue, syncs and writes its clean checkpoint), flush and close the metadata store, and
+    /// release the data directory's lock.
+    pub async fn shutdown(self) -> Result<(), ShutdownError> {
+        self.shutdown.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_TASKS_DEADLINE, self.tasks.wait()).await.is_err() {
+            tracing::warn!(deadline = ?SHUTDOWN_TASKS_DEADLINE, "broker tasks did not stop in time; closing anyway");
+        }
+        self.partitions.shutdown().await;
+        // The registry holds the metadata store too; let go of it so the store can close.
+        drop(self.partitions);
+        let closed = tokio::task::spawn_blocking(move || match Arc::try_unwrap(self.meta) {
+            Ok(meta) => meta.close(),
+            // Someone still holds the store (a test, or a task that outlived the deadline): flush what we can;
+            // it closes when the last holder drops it, and RocksDB's own lock keeps others out until then.
+            Err(meta) => meta.flush(),
+        })
+        .await
+        .unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()));
+        drop(self.lock);
+        closed.map_err(ShutdownError::Meta)
+    }
+}

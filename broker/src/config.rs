@@ -1,0 +1,502 @@
+//! Broker configuration: built-in defaults, overridden by a TOML file, overridden by command-line flags.
+//!
+//! [`Config::load`] merges the three sources in that order of precedence (flags > `--config FILE` > defaults).
+//! [`Config::validate`] then checks every bound once, at startup, and names the offending key,
+//! so the rest of the broker can rely on the values without re-checking them.
+//! Unknown keys in the file are an error, so a typo is never silently ignored.
+//!
+//! `ops/broker.toml` is the commented default config file: it lists every key with its unit, default, bounds and
+//! effect, and a test asserts that it parses to exactly [`Config::default`], so the two cannot drift.
+//!
+//! Keys carry their unit in their name (`segment_bytes`, `idle_timeout_ms`); in code, durations are [`Duration`]s.
+//! Top-level keys are the ones with a command-line flag of the same name (`data_dir` is `--data-dir`).
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use ferry_log::config::{FSYNC_INTERVAL_MAX, INDEX_INTERVAL_BYTES_MAX, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
+use ferry_protocol::limits::{BATCH_BYTES_MAX, FRAME_BYTES_MAX, FRAME_OVERHEAD_BYTES_MAX, PARTITIONS_PER_TOPIC_MAX};
+use serde::{Deserialize, Deserializer};
+
+/// An inclusive range that a numeric config value must fall in, shared by the broker config and topic overrides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// The smallest accepted value.
+    pub min: u64,
+    /// The largest accepted value.
+    pub max: u64,
+}
+
+impl Bounds {
+    /// Whether `value` lies within the bounds.
+    pub fn contains(self, value: u64) -> bool {
+        self.min <= value && value <= self.max
+    }
+}
+
+impl fmt::Display for Bounds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}..={}", self.min, self.max)
+    }
+}
+
+/// The bounds of every numeric key, named after the key.
+///
+/// Topic overrides (`retention.ms`, ...) use the same bounds as the broker defaults they override.
+pub mod bounds {
+    use super::{
+        BATCH_BYTES_MAX, Bounds, FRAME_BYTES_MAX, FRAME_OVERHEAD_BYTES_MAX, FSYNC_INTERVAL_MAX,
+        INDEX_INTERVAL_BYTES_MAX, PARTITIONS_PER_TOPIC_MAX, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN,
+    };
+
+    /// Longest configurable duration, in milliseconds (100 years).
+    /// It keeps deadline arithmetic (`Instant + Duration`) far from overflow; use -1 where "forever" is meant.
+    pub const DURATION_MS_MAX: u64 = 100 * 365 * 24 * 3600 * 1000;
+
+    /// `log.segment_bytes` / `segment.bytes`: the partition log's limits, 4 KiB to 2 GiB
+    /// (so every batch position within a segment fits the index's `u32`).
+    pub const SEGMENT_BYTES: Bounds = Bounds { min: SEGMENT_BYTES_MIN, max: SEGMENT_BYTES_MAX };
+    /// `log.segment_ms` / `segment.ms`, in milliseconds.
+    pub const SEGMENT_MS: Bounds = Bounds { min: 1, max: DURATION_MS_MAX };
+    /// `log.retention_ms` / `retention.ms`, in milliseconds, when not -1 (forever).
+    pub const RETENTION_MS: Bounds = Bounds { min: 1, max: DURATION_MS_MAX };
+    /// `log.retention_bytes` / `retention.bytes`, when not -1 (no limit).
+    /// 0 keeps only the active segment.
+    pub const RETENTION_BYTES: Bounds = Bounds { min: 0, max: i64::MAX as u64 };
+    /// `log.index_interval_bytes`: 1 (an index entry for every batch) to the partition log's limit, 1 MiB.
+    pub const INDEX_INTERVAL_BYTES: Bounds = Bounds { min: 1, max: INDEX_INTERVAL_BYTES_MAX as u64 };
+    /// `log.batch_bytes_max` / `max.message.bytes`: 1 KiB to the wire format's `BATCH_BYTES_MAX`.
+    pub const BATCH_BYTES: Bounds = Bounds { min: 1024, max: BATCH_BYTES_MAX as u64 };
+    /// `fsync = "interval:MS"`, in milliseconds: the partition log's limits, 1 ms to 1 hour.
+    pub const FSYNC_INTERVAL_MS: Bounds = Bounds { min: 1, max: FSYNC_INTERVAL_MAX.as_millis() as u64 };
+    /// `server.connections_max`.
+    pub const CONNECTIONS: Bounds = Bounds { min: 1, max: 1_000_000 };
+    /// `server.in_flight_requests_max`.
+    pub const IN_FLIGHT_REQUESTS: Bounds = Bounds { min: 1, max: 1024 };
+    /// `server.idle_timeout_ms`: 1 second to 1 day.
+    pub const IDLE_TIMEOUT_MS: Bounds = Bounds { min: 1000, max: 24 * 3600 * 1000 };
+    /// `server.request_read_timeout_ms`: 100 ms to 10 minutes.
+    pub const REQUEST_READ_TIMEOUT_MS: Bounds = Bounds { min: 100, max: 600_000 };
+    /// `server.fetch_wait_ms_max`: 0 (no long polling) to 10 minutes.
+    pub const FETCH_WAIT_MS: Bounds = Bounds { min: 0, max: 600_000 };
+    /// `server.frame_bytes_max`: room for the frame overhead plus the smallest `batch_bytes_max`,
+    /// up to the wire format's `FRAME_BYTES_MAX`.
+    pub const FRAME_BYTES: Bounds =
+        Bounds { min: FRAME_OVERHEAD_BYTES_MAX as u64 + BATCH_BYTES.min, max: FRAME_BYTES_MAX as u64 };
+    /// `server.partitions_per_topic_max`.
+    pub const PARTITIONS_PER_TOPIC: Bounds = Bounds { min: 1, max: PARTITIONS_PER_TOPIC_MAX as u64 };
+    /// `server.request_timeout_ms`: 100 ms to 10 minutes.
+    pub const REQUEST_TIMEOUT_MS: Bounds = Bounds { min: 100, max: 600_000 };
+    /// `server.write_timeout_ms`: 100 ms to 10 minutes.
+    pub const WRITE_TIMEOUT_MS: Bounds = Bounds { min: 100, max: 600_000 };
+    /// `server.fetch_bytes_max`: 1 KiB to the wire format's `BATCH_BYTES_MAX`, so that a response with a
+    /// maximal batch and the frame overhead still fits in a frame.
+    pub const FETCH_BYTES: Bounds = Bounds { min: 1024, max: BATCH_BYTES_MAX as u64 };
+    /// `server.topics_max`.
+    pub const TOPICS: Bounds = Bounds { min: 1, max: 1_000_000 };
+    /// `server.partitions_max`: every partition has an appender thread and open files, so the bound is modest.
+    pub const PARTITIONS: Bounds = Bounds { min: 1, max: 100_000 };
+}
+
+/// A limit that can be switched off, such as retention by age or by size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit<T> {
+    /// No limit: written as -1 in config files and topic overrides (as in Kafka).
+    Unlimited,
+    /// The limit.
+    AtMost(T),
+}
+
+impl<T> Limit<T> {
+    /// The limit, or `None` for no limit (the partition log's `LogConfig` spells limits that way).
+    pub fn at_most(self) -> Option<T> {
+        match self {
+            Limit::Unlimited => None,
+            Limit::AtMost(value) => Some(value),
+        }
+    }
+
+    /// Applies `f` to the limit, if there is one.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Limit<U> {
+        match self {
+            Limit::Unlimited => Limit::Unlimited,
+            Limit::AtMost(value) => Limit::AtMost(f(value)),
+        }
+    }
+}
+
+/// When the partition log fsyncs appended batches, and so what an acknowledgement promises:
+/// `always`, `interval:<ms>` or `never` (the `--fsync` flag, the `fsync` key and the `fsync` topic override).
+/// Defined by the partition log, which enforces it; re-exported so the config has one type for it.
+pub use ferry_log::FsyncPolicy;
+
+/// How the broker writes its own diagnostic log lines to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Command-line flags of `ferry-broker`; each overrides the config-file key of the same name.
+#[derive(Debug, Clone, Default, clap::Parser)]
+#[command(name = "ferry-broker", version, about = "The Ferry message broker")]
+pub struct Args {
+    /// TOML config file; see ops/broker.toml for every key. Flags override its values.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory holding the partition logs and the metadata store [default: ./ferry-data].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address for client connections, IP:PORT [default: 127.0.0.1:7070].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Address of the Prometheus /metrics endpoint, IP:PORT [default: 127.0.0.1:7071].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// When to fsync appended batches: always | interval:MS | never [default: always].
+    #[arg(long, value_name = "POLICY")]
+    pub fsync: Option<FsyncPolicy>,
+    /// Format of the broker's own log lines on stderr [default: text].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The broker's configuration, validated once at startup by [`Config::validate`].
+///
+/// Each field documents its TOML key, unit, default, bounds and effect; `ops/broker.toml` says the same to operators.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `data_dir` (`--data-dir`), default `./ferry-data`: holds the partition logs, the metadata store (`meta/`)
+    /// and the `LOCK` file that keeps a second broker out. Created if missing; must not be empty.
+    /// A relative path is relative to the working directory, not to the config file.
+    pub data_dir: PathBuf,
+    /// `listen` (`--listen`), default `127.0.0.1:7070`: IP:PORT for client connections; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// `metrics_listen` (`--metrics-listen`), default `127.0.0.1:7071`: IP:PORT of the Prometheus `/metrics` endpoint;
+    /// port 0 picks a free port (logged as `metrics listening on ADDR`). Must differ from `listen`.
+    pub metrics_listen: SocketAddr,
+    /// `fsync` (`--fsync`), default `always`: when appended batches reach the disk, and so what an acknowledgement
+    /// promises; topics may override it. `interval:MS` takes MS in [`bounds::FSYNC_INTERVAL_MS`].
+    #[serde(deserialize_with = "deserialize_from_str")]
+    pub fsync: FsyncPolicy,
+    /// `log_format` (`--log-format`), default `text`: `text` or `json` lines on stderr.
+    /// The level filter comes from `RUST_LOG` (default `info`).
+    pub log_format: LogFormat,
+    /// `[log]`: defaults of the partition logs (not the broker's diagnostic log: see `log_format`).
+    pub log: LogDefaults,
+    /// `[server]`: connection and request limits.
+    pub server: ServerConfig,
+}
+
+/// The `[log]` section: defaults for every partition log; the per-topic overrides of the same names win.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogDefaults {
+    /// `log.segment_bytes`, bytes, default 1 GiB, bounds [`bounds::SEGMENT_BYTES`]:
+    /// the active segment rolls to a new file once it reaches this size. Topic override: `segment.bytes`.
+    pub segment_bytes: u64,
+    /// `log.segment_ms`, milliseconds, default 7 days, bounds [`bounds::SEGMENT_MS`]:
+    /// the active segment rolls once it is this old, so retention by age can delete it. Topic override: `segment.ms`.
+    #[serde(rename = "segment_ms", deserialize_with = "deserialize_millis")]
+    pub segment_age: Duration,
+    /// `log.retention_ms`, milliseconds or -1 (forever), default 7 days, bounds [`bounds::RETENTION_MS`]:
+    /// whole segments whose newest record is older than this are deleted. Topic override: `retention.ms`.
+    #[serde(rename = "retention_ms", deserialize_with = "deserialize_limit_millis")]
+    pub retention_age: Limit<Duration>,
+    /// `log.retention_bytes`, bytes or -1 (no limit), default -1, bounds [`bounds::RETENTION_BYTES`]:
+    /// the oldest segments of a partition are deleted while it is larger than this. Topic override: `retention.bytes`.
+    #[serde(deserialize_with = "deserialize_limit_bytes")]
+    pub retention_bytes: Limit<u64>,
+    /// `log.index_interval_bytes`, bytes, default 4096, bounds [`bounds::INDEX_INTERVAL_BYTES`]:
+    /// an offset-index entry is written every this many log bytes; smaller means bigger indexes and shorter scans.
+    pub index_interval_bytes: u32,
+    /// `log.batch_bytes_max`, bytes, default `BATCH_BYTES_MAX` (8 MiB - 64 KiB), bounds [`bounds::BATCH_BYTES`]:
+    /// a larger record batch is rejected with `RECORD_BATCH_TOO_LARGE`. Topic override: `max.message.bytes`.
+    pub batch_bytes_max: u32,
+}
+
+/// The `[server]` section: limits on connections and requests (enforced by the network server).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// `server.connections_max`, default 10000, bounds [`bounds::CONNECTIONS`]:
+    /// connections beyond it are closed at once (counted in `ferry_connections_rejected_total`).
+    pub connections_max: u32,
+    /// `server.in_flight_requests_max`, per connection, default 64, bounds [`bounds::IN_FLIGHT_REQUESTS`]:
+    /// once a connection has this many requests unanswered, the broker stops reading from it until one completes.
+    pub in_flight_requests_max: u32,
+    /// `server.idle_timeout_ms`, milliseconds, default 10 minutes, bounds [`bounds::IDLE_TIMEOUT_MS`]:
+    /// a connection with no request in flight and nothing received for this long is closed.
+    #[serde(rename = "idle_timeout_ms", deserialize_with = "deserialize_millis")]
+    pub idle_timeout: Duration,
+    /// `server.request_read_timeout_ms`, milliseconds, default 30 s, bounds [`bounds::REQUEST_READ_TIMEOUT_MS`]:
+    /// a frame must arrive in full within this time of its first byte, or the connection is closed.
+    #[serde(rename = "request_read_timeout_ms", deserialize_with = "deserialize_millis")]
+    pub request_read_timeout: Duration,
+    /// `server.fetch_wait_ms_max`, milliseconds, default 30 s, bounds [`bounds::FETCH_WAIT_MS`]:
+    /// the longest a fetch may wait for new records; a longer requested wait is shortened to this.
+    #[serde(rename = "fetch_wait_ms_max", deserialize_with = "deserialize_millis")]
+    pub fetch_wait_max: Duration,
+    /// `server.frame_bytes_max`, bytes, default `FRAME_BYTES_MAX` (8 MiB), bounds [`bounds::FRAME_BYTES`] and at least
+    /// `log.batch_bytes_max` plus the frame overhead (64 KiB): a larger frame is a decode error and closes the
+    /// connection. Reported to clients at version negotiation.
+    pub frame_bytes_max: u32,
+    /// `server.partitions_per_topic_max`, default `PARTITIONS_PER_TOPIC_MAX` (1024),
+    /// bounds [`bounds::PARTITIONS_PER_TOPIC`]: creating a topic with more partitions gets `INVALID_PARTITIONS`.
+    pub partitions_per_topic_max: u32,
+    /// `server.request_timeout_ms`, milliseconds, default 30 s, bounds [`bounds::REQUEST_TIMEOUT_MS`]:
+    /// the longest a produce request waits for its appends to be acknowledged (its own `timeout_ms`, if set, is
+    /// lowered to this); an append not acknowledged in time is answered `REQUEST_TIMED_OUT` (outcome unknown).
+    #[serde(rename = "request_timeout_ms", deserialize_with = "deserialize_millis")]
+    pub request_timeout: Duration,
+    /// `server.write_timeout_ms`, milliseconds, default 30 s, bounds [`bounds::WRITE_TIMEOUT_MS`]:
+    /// a write to a client that makes no progress for this long (the client stopped reading) closes the connection
+    /// (counted in `ferry_connections_rejected_total{reason="write_timeout"}`).
+    #[serde(rename = "write_timeout_ms", deserialize_with = "deserialize_millis")]
+    pub write_timeout: Duration,
+    /// `server.fetch_bytes_max`, bytes, default `BATCH_BYTES_MAX` (8 MiB - 64 KiB), bounds [`bounds::FETCH_BYTES`]:
+    /// the most record bytes one fetch response carries (a larger requested `bytes_max` is lowered to it), except
+    /// that one whole batch is always returned. Reported to clients at version negotiation.
+    pub fetch_bytes_max: u32,
+    /// `server.topics_max`, default 10000, bounds [`bounds::TOPICS`]:
+    /// creating a topic beyond it gets `RESOURCE_LIMIT_REACHED`.
+    pub topics_max: u32,
+    /// `server.partitions_max`, default 4096, bounds [`bounds::PARTITIONS`]: the most partitions over all topics
+    /// (each has an appender thread, an index in memory and open files); creating a topic that would exceed it gets
+    /// `RESOURCE_LIMIT_REACHED`.
+    pub partitions_max: u32,
+}
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            data_dir: PathBuf::from("./ferry-data"),
+            listen: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7070)),
+            metrics_listen: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7071)),
+            fsync: FsyncPolicy::Always,
+            log_format: LogFormat::Text,
+            log: LogDefaults::default(),
+            server: ServerConfig::default(),
+        }
+    }
+}
+
+impl Default for LogDefaults {
+    fn default() -> LogDefaults {
+        LogDefaults {
+            segment_bytes: 1024 * 1024 * 1024,
+            segment_age: 7 * DAY,
+            retention_age: Limit::AtMost(7 * DAY),
+            retention_bytes: Limit::Unlimited,
+            index_interval_bytes: 4096,
+            batch_bytes_max: BATCH_BYTES_MAX,
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            connections_max: 10_000,
+            in_flight_requests_max: 64,
+            idle_timeout: Duration::from_secs(600),
+            request_read_timeout: Duration::from_secs(30),
+            fetch_wait_max: Duration::from_secs(30),
+            frame_bytes_max: FRAME_BYTES_MAX,
+            partitions_per_topic_max: PARTITIONS_PER_TOPIC_MAX,
+            request_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
+            fetch_bytes_max: BATCH_BYTES_MAX,
+            topics_max: 10_000,
+            partitions_max: 4096,
+        }
+    }
+}
+
+/// Why the configuration could not be loaded or is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}")]
+    Read {
+        /// The file given with `--config`.
+        path: PathBuf,
+        /// The underlying I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML, has an unknown key, or a value of the wrong type.
+    #[error("invalid config file {path}, line {line}: {message}")]
+    Parse {
+        /// The file given with `--config`.
+        path: PathBuf,
+        /// The 1-based line of the offending key or value.
+        line: usize,
+        /// The parser's explanation; for an unknown key it names the key and lists the known ones.
+        message: String,
+    },
+    /// A numeric value lies outside its bounds.
+    #[error("config key {key} = {value} is out of range {bounds}")]
+    OutOfRange {
+        /// The key, with its section (`log.segment_bytes`).
+        key: &'static str,
+        /// The value given, in the key's unit.
+        value: u64,
+        /// The accepted range.
+        bounds: Bounds,
+    },
+    /// A value is invalid for a reason other than its range.
+    #[error("config key {key} {reason}")]
+    Invalid {
+        /// The key, with its section.
+        key: &'static str,
+        /// What is wrong, as a sentence fragment following the key.
+        reason: &'static str,
+    },
+}
+
+impl Config {
+    /// Builds the configuration from the built-in defaults, the file given with `--config`, and the flags,
+    /// each overriding the one before. Does not validate: call [`Config::validate`] next.
+    pub fn load(args: &Args) -> Result<Config, ConfigError> {
+        let mut config = match &args.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(data_dir) = &args.data_dir {
+            config.data_dir.clone_from(data_dir);
+        }
+        if let Some(listen) = args.listen {
+            config.listen = listen;
+        }
+        if let Some(metrics_listen) = args.metrics_listen {
+            config.metrics_listen = metrics_listen;
+        }
+        if let Some(fsync) = args.fsync {
+            config.fsync = fsync;
+        }
+        if let Some(log_format) = args.log_format {
+            config.log_format = log_format;
+        }
+        Ok(config)
+    }
+
+    /// Reads a TOML config file; keys it leaves out keep their defaults, and unknown keys are an error.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        toml::from_str(&text).map_err(|error| {
+            let line = error.span().map_or(1, |span| line_of(&text, span.start));
+            ConfigError::Parse { path: path.to_owned(), line, message: error.message().trim_end().to_owned() }
+        })
+    }
+
+    /// Checks every bound and cross-field rule, naming the first offending key.
+    /// The broker calls it once at startup; everything downstream relies on it.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid { key: "data_dir", reason: "is empty" });
+        }
+        if self.metrics_listen == self.listen && self.listen.port() != 0 {
+            return Err(ConfigError::Invalid { key: "metrics_listen", reason: "is the same address as listen" });
+        }
+        if let FsyncPolicy::Interval(interval) = self.fsync {
+            check("fsync", millis(interval), bounds::FSYNC_INTERVAL_MS)?;
+        }
+
+        let log = &self.log;
+        check("log.segment_bytes", log.segment_bytes, bounds::SEGMENT_BYTES)?;
+        check("log.segment_ms", millis(log.segment_age), bounds::SEGMENT_MS)?;
+        if let Limit::AtMost(retention_age) = log.retention_age {
+            check("log.retention_ms", millis(retention_age), bounds::RETENTION_MS)?;
+        }
+        if let Limit::AtMost(retention_bytes) = log.retention_bytes {
+            check("log.retention_bytes", retention_bytes, bounds::RETENTION_BYTES)?;
+        }
+        check("log.index_interval_bytes", log.index_interval_bytes.into(), bounds::INDEX_INTERVAL_BYTES)?;
+        check("log.batch_bytes_max", log.batch_bytes_max.into(), bounds::BATCH_BYTES)?;
+
+        let server = &self.server;
+        check("server.connections_max", server.connections_max.into(), bounds::CONNECTIONS)?;
+        check("server.in_flight_requests_max", server.in_flight_requests_max.into(), bounds::IN_FLIGHT_REQUESTS)?;
+        check("server.idle_timeout_ms", millis(server.idle_timeout), bounds::IDLE_TIMEOUT_MS)?;
+        check("server.request_read_timeout_ms", millis(server.request_read_timeout), bounds::REQUEST_READ_TIMEOUT_MS)?;
+        check("server.fetch_wait_ms_max", millis(server.fetch_wait_max), bounds::FETCH_WAIT_MS)?;
+        check("server.frame_bytes_max", server.frame_bytes_max.into(), bounds::FRAME_BYTES)?;
+        check("server.partitions_per_topic_max", server.partitions_per_topic_max.into(), bounds::PARTITIONS_PER_TOPIC)?;
+        check("server.request_timeout_ms", millis(server.request_timeout), bounds::REQUEST_TIMEOUT_MS)?;
+        check("server.write_timeout_ms", millis(server.write_timeout), bounds::WRITE_TIMEOUT_MS)?;
+        check("server.fetch_bytes_max", server.fetch_bytes_max.into(), bounds::FETCH_BYTES)?;
+        check("server.topics_max", server.topics_max.into(), bounds::TOPICS)?;
+        check("server.partitions_max", server.partitions_max.into(), bounds::PARTITIONS)?;
+        if u64::from(log.batch_bytes_max) + u64::from(FRAME_OVERHEAD_BYTES_MAX) > u64::from(server.frame_bytes_max) {
+            return Err(ConfigError::Invalid {
+                key: "server.frame_bytes_max",
+                reason: "is smaller than log.batch_bytes_max plus the 64 KiB frame overhead",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The 1-based line holding byte `offset` of `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    let before = text.as_bytes().get(..offset).unwrap_or(text.as_bytes());
+    1 + before.iter().filter(|&&byte| byte == b'\n').count()
+}
+
+fn check(key: &'static str, value: u64, bounds: Bounds) -> Result<(), ConfigError> {
+    if bounds.contains(value) { Ok(()) } else { Err(ConfigError::OutOfRange { key, value, bounds }) }
+}
+
+/// A duration in whole milliseconds, saturating (a saturated value fails every bounds check).
+pub(crate) fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn deserialize_from_str<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    let text = String::deserialize(deserializer)?;
+    text.parse().map_err(serde::de::Error::custom)
+}
+
+fn deserialize_millis<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    u64::deserialize(deserializer).map(Duration::from_millis)
+}
+
+/// -1 means no limit; any other negative number is an error (the bounds are checked by `validate`).
+fn deserialize_limit<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Limit<u64>, D::Error> {
+    let value = i64::deserialize(deserializer)?;
+    match u64::try_from(value) {
+        Ok(value) => Ok(Limit::AtMost(value)),
+        Err(_) if value == -1 => Ok(Limit::Unlimited),
+        Err(_) => {
+            Err(serde::de::Error::custom(format!("expected -1 (no limit) or a non-negative number, got {value}")))
+        }
+    }
+}
+
+fn deserialize_limit_millis<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Limit<Duration>, D::Error> {
+    Ok(deserialize_limit(deserializer)?.map(Duration::from_millis))
+}
+
+fn deserialize_limit_bytes<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Limit<u64>, D::Error> {
+    deserialize_limit(deserializer)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,294 @@
+//! Request handlers: one file per request kind, translating between the wire (prost types) and the domain.
+//!
+//! prost types stop here: below the handlers, the registry ([`crate::partitions`]), the partition log and the
+//! metadata store speak in their own types.
+//! A handler never fails as a whole: every per-item problem becomes that item's error code in the api's response,
+//! and a request-wide problem the response's top-level `error_code`. The connection stays open either way.
+//! [`HandlerError`] is what handlers fail items with, and [`error_code`] is the one mapping from it to the wire.
+//!
+//! Files:
+//! - `api_versions`: version negotiation and the limits the broker enforces.
+//! - `create_topics`, `delete_topics`, `list_topics`, `describe_topics`: topic administration.
+//! - `produce`: validation, submission to the appenders in arrival order, acknowledgements.
+//! - `fetch`: long-poll reads of whole stored batches.
+//! - `list_offsets`: earliest, latest and by-timestamp lookups.
+
+pub(crate) mod api_versions;
+mod create_topics;
+mod delete_topics;
+mod describe_topics;
+pub(crate) mod fetch;
+mod list_offsets;
+mod list_topics;
+pub(crate) mod produce;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_log::LogError;
+use ferry_protocol::messages::{
+    ApiVersionsResponse, CreateTopicsResponse, DeleteTopicsResponse, DescribeTopicsResponse, FetchResponse,
+    ListOffsetsResponse, ListTopicsResponse, ProduceResponse, error_code_to_wire,
+};
+use ferry_protocol::{ApiKey, ErrorCode, ProtocolError, Request, Response};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::meta::MetaError;
+use crate::partitions::PartitionsError;
+use crate::server::ServerState;
+
+pub(crate) use produce::ProduceTurn;
+
+/// Most partitions (or topics, for the admin apis) one request may name.
+/// A request naming more gets `INVALID_REQUEST` as its top-level error and nothing is done; the bound keeps each
+/// response (one entry per item) well inside a frame and the work of one request bounded.
+pub const REQUEST_ITEMS_MAX: usize = 10_000;
+
+/// Longest `error_message` a response carries, in bytes; longer texts (which may quote client input) are cut.
+pub const ERROR_MESSAGE_BYTES_MAX: usize = 512;
+
+/// Why one item of a request (a topic, a partition) failed. Mapped to the wire by [`error_code`].
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// The item does not decode or validate (topic name, partition count, batch checksum, offset spec, ...).
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// No active topic has this name.
+    #[error("unknown topic")]
+    UnknownTopic,
+    /// The topic has no such partition.
+    #[error("unknown partition {partition}: the topic has {count} partitions")]
+    UnknownPartition {
+        /// The requested partition.
+        partition: u32,
+        /// The topic's partition count.
+        count: u32,
+    },
+    /// The topic was deleted while the request was being handled.
+    #[error("the topic was deleted")]
+    TopicDeleted,
+    /// A topic administration step failed.
+    #[error(transparent)]
+    Partitions(#[from] PartitionsError),
+    /// The partition log failed the read or the append.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// A record batch is larger than the broker's `log.batch_bytes_max`.
+    #[error("record batch of {len} bytes exceeds the broker's batch limit of {max}")]
+    BatchTooLarge {
+        /// The batch length.
+        len: u32,
+        /// The limit.
+        max: u32,
+    },
+    /// A record batch is larger than the topic's `max.message.bytes`.
+    #[error("record batch of {len} bytes exceeds the topic's max.message.bytes of {max}")]
+    MessageTooLarge {
+        /// The batch length.
+        len: u32,
+        /// The limit.
+        max: u32,
+    },
+    /// A produce names a partition without any record batch.
+    #[error("no record batches for the partition")]
+    NoBatches,
+    /// A batch carries producer fields (idempotent or transactional producers come in a later version).
+    #[error("batches with a producer id, transactional or control batches are not supported yet")]
+    ProducerFieldsUnsupported,
+    /// The item did not complete within the request's timeout; its outcome is unknown.
+    #[error("not done within {timeout:?}")]
+    TimedOut {
+        /// The timeout in force.
+        timeout: Duration,
+    },
+    /// The broker is shutting down.
+    #[error("the broker is shutting down")]
+    ShuttingDown,
+    /// The same topic appears twice in one CreateTopics request.
+    #[error("the topic appears more than once in the request")]
+    DuplicateTopic,
+}
+
+/// The one mapping from handler errors to wire error codes.
+pub fn error_code(error: &HandlerError) -> ErrorCode {
+    match error {
+        HandlerError::Protocol(error) => error.error_code(),
+        HandlerError::UnknownTopic | HandlerError::UnknownPartition { .. } | HandlerError::TopicDeleted => {
+            ErrorCode::UnknownTopicOrPartition
+        }
+        HandlerError::Partitions(error) => partitions_error_code(error),
+        HandlerError::Log(error) => log_error_code(error),
+        HandlerError::BatchTooLarge { .. } => ErrorCode::RecordBatchTooLarge,
+        HandlerError::MessageTooLarge { .. } => ErrorCode::MessageTooLarge,
+        HandlerError::NoBatches | HandlerError::ProducerFieldsUnsupported | HandlerError::DuplicateTopic => {
+            ErrorCode::InvalidRequest
+        }
+        HandlerError::TimedOut { .. } => ErrorCode::RequestTimedOut,
+        HandlerError::ShuttingDown => ErrorCode::BrokerShuttingDown,
+    }
+}
+
+fn partitions_error_code(error: &PartitionsError) -> ErrorCode {
+    match error {
+        PartitionsError::TopicExists { .. } => ErrorCode::TopicAlreadyExists,
+        PartitionsError::UnknownTopic { .. } => ErrorCode::UnknownTopicOrPartition,
+        PartitionsError::InvalidPartitionCount { .. } => ErrorCode::InvalidPartitions,
+        PartitionsError::InvalidConfig(_)
+        | PartitionsError::BatchBytesAboveBroker { .. }
+        | PartitionsError::InvalidLogConfig(_) => ErrorCode::InvalidConfig,
+        PartitionsError::TopicsLimit { .. } | PartitionsError::PartitionsLimit { .. } => {
+            ErrorCode::ResourceLimitReached
+        }
+        PartitionsError::ShuttingDown => ErrorCode::BrokerShuttingDown,
+        PartitionsError::Meta(MetaError::Corrupt { .. } | MetaError::UnsupportedFormat { .. }) => ErrorCode::Unknown,
+        PartitionsError::Meta(_) | PartitionsError::Io { .. } => ErrorCode::StorageError,
+        PartitionsError::Log { source, .. } => log_error_code(source),
+    }
+}
+
+fn log_error_code(error: &LogError) -> ErrorCode {
+    match error {
+        LogError::DiskFull { .. } => ErrorCode::DiskFull,
+        LogError::Damaged { .. } | LogError::Corrupt { .. } | LogError::Inconsistent { .. } => {
+            ErrorCode::PartitionDamaged
+        }
+        LogError::Failed { .. } | LogError::SyncFailed { .. } | LogError::Io { .. } | LogError::OffsetOverflow => {
+            ErrorCode::StorageError
+        }
+        LogError::Closed | LogError::AppenderGone => ErrorCode::BrokerShuttingDown,
+        LogError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+        LogError::BatchTooLarge { .. } => ErrorCode::RecordBatchTooLarge,
+        LogError::InvalidConfig { .. } => ErrorCode::Unknown,
+    }
+}
+
+/// The error code and message of one failed item, for its entry in a response. Server-side failures are logged.
+pub(crate) fn item_error(error: &HandlerError) -> (u32, String) {
+    let code = error_code(error);
+    if matches!(code, ErrorCode::Unknown | ErrorCode::StorageError | ErrorCode::PartitionDamaged) {
+        tracing::warn!(error = %crate::partitions::error_chain(error), code = %code, "request item failed");
+    }
+    (error_code_to_wire(code), error_message(error))
+}
+
+/// The human-readable text of an error and its sources, cut to [`ERROR_MESSAGE_BYTES_MAX`].
+pub(crate) fn error_message(error: &dyn std::error::Error) -> String {
+    let mut text = crate::partitions::error_chain(error);
+    if text.len() > ERROR_MESSAGE_BYTES_MAX {
+        let mut cut = ERROR_MESSAGE_BYTES_MAX;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
+}
+
+/// What handling one request produced: the response to send (none for acks=none produce), the outcome for the
+/// requests metric (the top-level code, else the first item's error, else NONE), and the response-queue room the
+/// handler reserved before building the response (fetches), which the response then uses.
+#[derive(Debug)]
+pub(crate) struct Outcome {
+    pub response: Option<Response>,
+    pub result: ErrorCode,
+    pub reserved: Option<OwnedSemaphorePermit>,
+}
+
+/// Per-request context from the connection.
+#[derive(Debug)]
+pub(crate) struct RequestContext {
+    /// Cancelled when the connection is closing or the broker shutting down: long polls answer at once.
+    pub cancel: CancellationToken,
+    /// For produce requests: the request's place in the connection's submission order.
+    pub turn: Option<ProduceTurn>,
+    /// The connection's response-queue room (one permit per byte): a fetch reserves its budget here before it
+    /// reads. Closed when the connection's writer has stopped.
+    pub response_room: Arc<Semaphore>,
+}
+
+/// Handles one decoded request.
+pub(crate) async fn handle(state: &ServerState, request: Request, context: RequestContext) -> Outcome {
+    let api = request.api_key();
+    let mut reserved = None;
+    let response: Option<Response> = match request {
+        Request::ApiVersions(request) => Some(api_versions::handle(state, &request).into()),
+        Request::CreateTopics(request) => Some(create_topics::handle(state, request).await.into()),
+        Request::DeleteTopics(request) => Some(delete_topics::handle(state, request).await.into()),
+        Request::ListTopics(_) => Some(list_topics::handle(state).into()),
+        Request::DescribeTopics(request) => Some(describe_topics::handle(state, request).into()),
+        Request::Produce(request) => {
+            let turn = context.turn.unwrap_or_else(ProduceTurn::first);
+            produce::handle(state, request, turn).await.map(Response::from)
+        }
+        Request::Fetch(request) => {
+            let (response, room) = fetch::handle(state, request, &context.cancel, &context.response_room).await;
+            reserved = room;
+            Some(response.into())
+        }
+        Request::ListOffsets(request) => Some(list_offsets::handle(state, request).await.into()),
+    };
+    let result = match &response {
+        Some(response) => result_code(response),
+        // acks=none: the handler's outcome is not sent; produce::handle logs failures.
+        None => ErrorCode::None,
+    };
+    debug_assert!(response.as_ref().is_none_or(|response| response.api_key() == Some(api)));
+    Outcome { response, result, reserved }
+}
+
+/// An empty response of `api` with `code` as its top-level error: for request-wide failures.
+pub(crate) fn request_error(api: ApiKey, code: ErrorCode) -> Response {
+    let error_code = error_code_to_wire(code);
+    match api {
+        ApiKey::ApiVersions => ApiVersionsResponse { error_code, ..Default::default() }.into(),
+        ApiKey::CreateTopics => CreateTopicsResponse { error_code, ..Default::default() }.into(),
+        ApiKey::DeleteTopics => DeleteTopicsResponse { error_code, ..Default::default() }.into(),
+        ApiKey::ListTopics => ListTopicsResponse { error_code, ..Default::default() }.into(),
+        ApiKey::DescribeTopics => DescribeTopicsResponse { error_code, ..Default::default() }.into(),
+        ApiKey::Produce => ProduceResponse { error_code, ..Default::default() }.into(),
+        ApiKey::Fetch => FetchResponse { error_code, ..Default::default() }.into(),
+        ApiKey::ListOffsets => ListOffsetsResponse { error_code, ..Default::default() }.into(),
+    }
+}
+
+/// The outcome label of a response: its top-level code, else its first item error, else NONE.
+fn result_code(response: &Response) -> ErrorCode {
+    let top = response.error_code();
+    let first_item = match response {
+        Response::CreateTopics(response) => response.topics.iter().map(|topic| topic.error_code).find(|&c| c != 0),
+        Response::DeleteTopics(response) => response.topics.iter().map(|topic| topic.error_code).find(|&c| c != 0),
+        Response::DescribeTopics(response) => response.topics.iter().map(|topic| topic.error_code).find(|&c| c != 0),
+        Response::Produce(response) => response
+            .topics
+            .iter()
+            .flat_map(|topic| topic.partitions.iter().map(|partition| partition.error_code))
+            .find(|&c| c != 0),
+        Response::Fetch(response) => response
+            .topics
+            .iter()
+            .flat_map(|topic| topic.partitions.iter().map(|partition| partition.error_code))
+            .find(|&c| c != 0),
+        Response::ListOffsets(response) => response
+            .topics
+            .iter()
+            .flat_map(|topic| topic.partitions.iter().map(|partition| partition.error_code))
+            .find(|&c| c != 0),
+        Response::ApiVersions(_) | Response::ListTopics(_) | Response::Error(_) => None,
+    };
+    let code = if top != 0 { top } else { first_item.unwrap_or(0) };
+    ferry_protocol::messages::error_code_from_wire(code).unwrap_or(ErrorCode::Unknown)
+}
+
+/// Classifies a partition-log error: a log closed while the broker is not shutting down belongs to a topic that
+/// was deleted under the request.
+pub(crate) fn log_error(state: &ServerState, error: LogError) -> HandlerError {
+    match error {
+        LogError::Closed if !state.shutdown.is_cancelled() => HandlerError::TopicDeleted,
+        LogError::Closed => HandlerError::ShuttingDown,
+        other => HandlerError::Log(other),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,148 @@
+//! The network server: the accept loop, the connection limit, and the state every connection shares.
+//!
+//! [`run`] accepts TCP connections until its shutdown token is cancelled. Each accepted connection takes a permit
+//! of the connection semaphore (`server.connections_max`) and is served by one task on the broker's
+//! [`TaskTracker`] (see [`crate::connection`]). A connection over the limit gets one error frame,
+//! `CONNECTION_LIMIT` with correlation id 0, and is closed; it is counted in
+//! `ferry_connections_rejected_total{reason="limit"}`.
+//!
+//! Shutdown: cancelling the token stops the accept loop at once; each connection stops reading, finishes the
+//! requests it has in flight (long polls answer early), writes their responses and closes. The broker waits for the
+//! tracker (with a deadline) before it shuts the appenders down.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use ferry_protocol::frame::FrameHeader;
+use ferry_protocol::messages::{ErrorResponse, error_code_to_wire};
+use ferry_protocol::{ErrorCode, Response};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::metrics::{CONNECTIONS_REJECTED_TOTAL, LABEL_REASON};
+use crate::partitions::Partitions;
+
+/// Connections over the limit being answered and closed at once; beyond it, extra connections are dropped without
+/// an error frame (a flood of them must not turn into a flood of tasks).
+pub const REJECTIONS_CONCURRENT_MAX: usize = 64;
+
+/// How long a connection that is being closed after an error frame keeps reading (and discarding) what the client
+/// still sends, so the close is a FIN after the client read the error, not a reset that could destroy it.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// Most bytes discarded while lingering before a close; a client sending more is cut off (reset) at once.
+pub const CLOSE_LINGER_BYTES_MAX: usize = 1024 * 1024;
+
+/// Pause after a failed `accept` (e.g. out of file descriptors) before the next attempt, instead of spinning.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What every connection and handler shares: configuration, the partitions registry, and the broker's limits.
+#[derive(Debug)]
+pub struct ServerState {
+    pub(crate) config: Arc<Config>,
+    pub(crate) partitions: Arc<Partitions>,
+    /// Permits for blocking read work (fetch rounds, timestamp lookups); see
+    /// [`crate::handlers::fetch::FETCH_READS_CONCURRENT_MAX`].
+    pub(crate) reads: Arc<Semaphore>,
+    /// The broker's shutdown token: long polls end early and new requests stop once it is cancelled.
+    pub(crate) shutdown: CancellationToken,
+    /// Tracks every connection and request task, so shutdown can wait for them.
+    pub(crate) tasks: TaskTracker,
+}
+
+impl ServerState {
+    /// The state for a server on `partitions`, stopped by `shutdown`, its tasks on `tasks`.
+    pub fn new(
+        config: Arc<Config>,
+        partitions: Arc<Partitions>,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> ServerState {
+        ServerState {
+            config,
+            partitions,
+            reads: Arc::new(Semaphore::new(crate::handlers::fetch::FETCH_READS_CONCURRENT_MAX)),
+            shutdown,
+            tasks,
+        }
+    }
+}
+
+/// Accepts connections on `listener` until `shutdown` is cancelled; each is served by a task on `state.tasks`.
+pub async fn run(listener: TcpListener, state: Arc<ServerState>, shutdown: CancellationToken) {
+    let connections_max = usize::try_from(state.config.server.connections_max).unwrap_or(usize::MAX);
+    let connections = Arc::new(Semaphore::new(connections_max));
+    let rejections = Arc::new(Semaphore::new(REJECTIONS_CONCURRENT_MAX));
+    let rejected_by_limit = metrics::counter!(CONNECTIONS_REJECTED_TOTAL, LABEL_REASON => "limit");
+    loop {
+        let (stream, peer) = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot accept a connection; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => continue,
+                    }
+                }
+            },
+        };
+        match Arc::clone(&connections).try_acquire_owned() {
+            Ok(permit) => {
+                state.tasks.spawn(crate::connection::serve(stream, peer, Arc::clone(&state), permit));
+            }
+            Err(_) => {
+                rejected_by_limit.increment(1);
+                tracing::warn!(%peer, connections_max, "connection limit reached; rejecting a connection");
+                if let Ok(permit) = Arc::clone(&rejections).try_acquire_owned() {
+                    state.tasks.spawn(reject(stream, peer, connections_max, permit));
+                }
+            }
+        }
+    }
+    tracing::info!("stopped accepting connections");
+}
+
+/// Answers a connection over the limit with a `CONNECTION_LIMIT` error frame (correlation id 0) and closes it.
+async fn reject(mut stream: TcpStream, peer: SocketAddr, connections_max: usize, _permit: OwnedSemaphorePermit) {
+    let response = Response::Error(ErrorResponse {
+        error_code: error_code_to_wire(ErrorCode::ConnectionLimit),
+        error_message: format!("the broker is at its limit of {connections_max} connections"),
+    });
+    let header = FrameHeader::request(ferry_protocol::ApiKey::ApiVersions, 0, 0);
+    let mut frame = BytesMut::new();
+    if let Err(error) = response.encode(&header, &mut frame) {
+        tracing::error!(%error, "cannot encode the connection-limit error frame");
+        return;
+    }
+    let _ = stream.set_nodelay(true);
+    let written = tokio::time::timeout(CLOSE_LINGER, stream.write_all(&frame)).await;
+    if !matches!(written, Ok(Ok(()))) {
+        tracing::debug!(%peer, "could not send the connection-limit error frame");
+        return;
+    }
+    let _ = stream.shutdown().await;
+    linger(&mut stream).await;
+}
+
+/// Reads and discards what the peer still sends, until it closes, [`CLOSE_LINGER`] passes or
+/// [`CLOSE_LINGER_BYTES_MAX`] bytes were discarded. See [`CLOSE_LINGER`] for why.
+pub(crate) async fn linger<R: tokio::io::AsyncRead + Unpin>(reader: &mut R) {
+    let deadline = tokio::time::Instant::now() + CLOSE_LINGER;
+    let mut discarded = 0usize;
+    let mut scratch = vec![0u8; 16 * 1024];
+    while discarded < CLOSE_LINGER_BYTES_MAX {
+        match tokio::time::timeout_at(deadline, reader.read(&mut scratch)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
+            Ok(Ok(n_read)) => discarded = discarded.saturating_add(n_read),
+        }
+    }
+}

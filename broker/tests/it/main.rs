@@ -1,0 +1,20 @@
+//! The broker's one integration-test binary (every test binary links RocksDB, so there is only one).
+//!
+//! - `binary`: runs the real `ferry-broker` executable: startup, `/metrics`, signals, the data-directory lock,
+//!   config errors.
+//! - `in_process`: starts brokers with `ferry_broker::Broker::open`.
+//! - `end_to_end`: the client library and the `ferry` CLI against an in-process broker over TCP: 100k records
+//!   across 8 partitions, long polling, the CLI, metrics, clean restarts, topic deletion.
+//! - `bad_input`: malformed frames (raw TCP) and invalid requests on a live broker, the connection limit, the
+//!   request-read timeout; other clients are not disturbed.
+//! - `crash`: the real binary restarted (SIGTERM) and killed (SIGKILL) while a producer sends.
+//! - `harness`: an in-process test broker, the binary's client address, raw frames, metric values.
+//! - `support`: a broker child process whose stderr log lines the tests can wait for, and a tiny HTTP scraper.
+
+mod bad_input;
+mod binary;
+mod crash;
+mod end_to_end;
+mod harness;
+mod in_process;
+mod support;
