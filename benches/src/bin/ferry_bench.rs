@@ -348,7 +348,8 @@ fn print_outcome(cli: &Cli, outcome: &Outcome) {
     let mb_per_sec = outcome.bytes as f64 / seconds / 1e6;
     let ms = |quantile: f64| outcome.latency_us.value_at_quantile(quantile) as f64 / 1e3;
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let scenario = format!("{:?}", cli.scenario).to_lowercase();
+    // The name clap accepts on the command line (`end-to-end`), so the printed command reproduces the run.
+    let scenario = cli.scenario.to_possible_value().map_or_else(String::new, |value| value.get_name().to_owned());
     let acks = format!("{:?}", cli.acks).to_lowercase();
     if cli.json {
         println!(
