@@ -23,7 +23,11 @@ use crate::data_dir::{self, DataDirLock};
 use crate::meta::{MetaConfig, MetaError, MetaStore};
 use crate::metrics;
 use crate::partitions::{PartitionRecovery, Partitions, PartitionsError};
+use crate::producers::ProducerIds;
 use crate::server::{self, ServerState};
+
+/// How often the registry of producer ids persists last-seen times and sweeps expired ids.
+pub const PRODUCER_IDS_PERSIST_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How long [`Broker::shutdown`] waits for the broker's tasks to finish before closing the stores anyway.
 pub const SHUTDOWN_TASKS_DEADLINE: Duration = Duration::from_secs(30);
@@ -87,6 +91,29 @@ pub enum StartupError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Persists the producer-id registry every [`PRODUCER_IDS_PERSIST_INTERVAL`], and once more at shutdown.
+async fn persist_producer_ids(producer_ids: Arc<ProducerIds>, shutdown: CancellationToken) {
+    loop {
+        let stopping = tokio::select! {
+            () = shutdown.cancelled() => true,
+            () = tokio::time::sleep(PRODUCER_IDS_PERSIST_INTERVAL) => false,
+        };
+        let registry = Arc::clone(&producer_ids);
+        let persisted = tokio::task::spawn_blocking(move || registry.persist(crate::handlers::now_ms())).await;
+        match persisted {
+            Ok(Ok(report)) if report.expired > 0 => tracing::info!(expired = report.expired, "producer ids expired"),
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::warn!(error = %crate::partitions::error_chain(&error),
+                "persisting producer ids failed; will retry"),
+            Err(error) => std::panic::resume_unwind(error.into_panic()),
+        }
+        ::metrics::gauge!(crate::metrics::PRODUCER_IDS_ACTIVE).set(producer_ids.active() as f64);
+        if stopping {
+            return;
+        }
+    }
 }
 
 fn holder_text(holder: &Option<u32>) -> String {
@@ -161,11 +188,28 @@ impl Broker {
         let listen_error = |source| StartupError::Listen { address: config.listen, source };
         let listener = TcpListener::bind(config.listen).await.map_err(listen_error)?;
         let address = listener.local_addr().map_err(listen_error)?;
+        let producer_ids = {
+            let (meta, producers) = (Arc::clone(&meta), config.producers.clone());
+            tokio::task::spawn_blocking(move || {
+                ProducerIds::load(meta, producers.ids_max, producers.id_expiration, crate::handlers::now_ms())
+            })
+            .await
+            .unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()))
+            .map_err(StartupError::Meta)?
+        };
+        let producer_ids = Arc::new(producer_ids);
+        tracing::info!(active = producer_ids.active(), "producer ids loaded");
         let partitions =
             Partitions::open(Arc::clone(&config), Arc::clone(&meta)).await.map_err(StartupError::Partitions)?;
         let partitions = Arc::new(partitions);
-        let state =
-            Arc::new(ServerState::new(Arc::clone(&config), Arc::clone(&partitions), shutdown.clone(), tasks.clone()));
+        tasks.spawn(persist_producer_ids(Arc::clone(&producer_ids), shutdown.clone()));
+        let state = Arc::new(ServerState::new(
+            Arc::clone(&config),
+            Arc::clone(&partitions),
+            producer_ids,
+            shutdown.clone(),
+            tasks.clone(),
+        ));
         tasks.spawn(server::run(listener, state, shutdown.clone()));
         // Tests and operators find the (possibly ephemeral) port in this line.
         tracing::info!("listening on {address}");

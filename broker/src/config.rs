@@ -99,6 +99,14 @@ pub mod bounds {
     pub const TOPICS: Bounds = Bounds { min: 1, max: 1_000_000 };
     /// `server.partitions_max`: every partition has an appender thread and open files, so the bound is modest.
     pub const PARTITIONS: Bounds = Bounds { min: 1, max: 100_000 };
+    /// `producers.ids_max`: active idempotent producer ids.
+    pub const PRODUCER_IDS: Bounds = Bounds { min: 1, max: 10_000_000 };
+    /// `producers.id_expiration_ms`: 1 second (for tests) to 30 days.
+    pub const PRODUCER_ID_EXPIRATION_MS: Bounds = Bounds { min: 1000, max: 30 * 24 * 3600 * 1000 };
+    /// `producers.snapshot_interval_ms`: 100 ms to 1 hour.
+    pub const PRODUCER_SNAPSHOT_INTERVAL_MS: Bounds = Bounds { min: 100, max: 3600 * 1000 };
+    /// `producers.snapshot_bytes`: 1 MiB to 16 GiB.
+    pub const PRODUCER_SNAPSHOT_BYTES: Bounds = Bounds { min: 1 << 20, max: 16 << 30 };
 }
 
 /// A limit that can be switched off, such as retention by age or by size.
@@ -194,6 +202,42 @@ pub struct Config {
     pub log: LogDefaults,
     /// `[server]`: connection and request limits.
     pub server: ServerConfig,
+    /// `[producers]`: idempotent producers' ids and dedup state.
+    pub producers: ProducersConfig,
+}
+
+/// The `[producers]` section: idempotent producer ids and the per-partition dedup state (see `crate::producers`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProducersConfig {
+    /// `producers.ids_max`, default 100000, bounds [`bounds::PRODUCER_IDS`]: the most producer ids alive at once
+    /// (issued and not expired). `InitProducerId` over it gets `PRODUCER_ID_LIMIT`; a live producer is never evicted
+    /// to make room. It is also each partition's limit on the producer ids it tracks.
+    pub ids_max: u32,
+    /// `producers.id_expiration_ms`, milliseconds, default 1 day, bounds [`bounds::PRODUCER_ID_EXPIRATION_MS`]:
+    /// a producer id that writes nothing for this long is forgotten (its next batch gets `UNKNOWN_PRODUCER_ID`).
+    /// Must be far longer than any producer's delivery timeout, which clients check.
+    #[serde(rename = "id_expiration_ms", deserialize_with = "deserialize_millis")]
+    pub id_expiration: Duration,
+    /// `producers.snapshot_interval_ms`, milliseconds, default 60 s, bounds
+    /// [`bounds::PRODUCER_SNAPSHOT_INTERVAL_MS`]: the longest a partition's dedup state goes without a snapshot to
+    /// the metadata store while producers write to it.
+    #[serde(rename = "snapshot_interval_ms", deserialize_with = "deserialize_millis")]
+    pub snapshot_interval: Duration,
+    /// `producers.snapshot_bytes`, default 64 MiB, bounds [`bounds::PRODUCER_SNAPSHOT_BYTES`]: a partition snapshots
+    /// its dedup state after this many bytes were appended; a restart replays at most about this much of each log.
+    pub snapshot_bytes: u64,
+}
+
+impl Default for ProducersConfig {
+    fn default() -> ProducersConfig {
+        ProducersConfig {
+            ids_max: 100_000,
+            id_expiration: DAY,
+            snapshot_interval: Duration::from_secs(60),
+            snapshot_bytes: 64 * 1024 * 1024,
+        }
+    }
 }
 
 /// The `[log]` section: defaults for every partition log; the per-topic overrides of the same names win.
@@ -287,6 +331,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             log: LogDefaults::default(),
             server: ServerConfig::default(),
+            producers: ProducersConfig::default(),
         }
     }
 }
@@ -439,6 +484,15 @@ impl Config {
         check("server.fetch_bytes_max", server.fetch_bytes_max.into(), bounds::FETCH_BYTES)?;
         check("server.topics_max", server.topics_max.into(), bounds::TOPICS)?;
         check("server.partitions_max", server.partitions_max.into(), bounds::PARTITIONS)?;
+        let producers = &self.producers;
+        check("producers.ids_max", producers.ids_max.into(), bounds::PRODUCER_IDS)?;
+        check("producers.id_expiration_ms", millis(producers.id_expiration), bounds::PRODUCER_ID_EXPIRATION_MS)?;
+        check(
+            "producers.snapshot_interval_ms",
+            millis(producers.snapshot_interval),
+            bounds::PRODUCER_SNAPSHOT_INTERVAL_MS,
+        )?;
+        check("producers.snapshot_bytes", producers.snapshot_bytes, bounds::PRODUCER_SNAPSHOT_BYTES)?;
         if u64::from(log.batch_bytes_max) + u64::from(FRAME_OVERHEAD_BYTES_MAX) > u64::from(server.frame_bytes_max) {
             return Err(ConfigError::Invalid {
                 key: "server.frame_bytes_max",

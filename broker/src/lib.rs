@@ -28,6 +28,7 @@ mod handlers;
 pub mod meta;
 pub mod metrics;
 pub mod partitions;
+pub mod producers;
 pub mod server;
 pub mod topic;
 

@@ -45,6 +45,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
+use ferry_log::producers::{ProducerSetup, ProducerSnapshot, ProducerStateConfig, SnapshotSink};
 use ferry_log::{
     AppendHandle, Appender, Clock, LogConfig, LogError, LogReader, LogStatus, RealFs, RecoveryReport, Storage,
     SystemClock,
@@ -281,9 +282,26 @@ pub struct Partitions {
 #[derive(Debug, Clone)]
 struct OpenJob {
     topic: String,
+    topic_id: u64,
     partition: u32,
     dir: PathBuf,
     log_config: LogConfig,
+    producers: ProducerStateConfig,
+    meta: Arc<MetaStore>,
+}
+
+/// Stores a partition's producer snapshots in the metadata store (called on the partition's appender thread).
+#[derive(Debug)]
+struct MetaSnapshotSink {
+    meta: Arc<MetaStore>,
+    topic_id: u64,
+    partition: u32,
+}
+
+impl SnapshotSink for MetaSnapshotSink {
+    fn save(&self, snapshot: &ProducerSnapshot) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        self.meta.save_producer_snapshot(self.topic_id, self.partition, snapshot).map_err(Into::into)
+    }
 }
 
 /// An opened partition, before it is wrapped for the registry.
@@ -310,7 +328,7 @@ impl Partitions {
         let mut recovery_reports = Vec::new();
         let mut jobs = Vec::new();
         for record in &records {
-            jobs.extend(open_jobs(&config, &logs_dir, record).map_err(PartitionsError::InvalidLogConfig)?);
+            jobs.extend(open_jobs(&config, &meta, &logs_dir, record).map_err(PartitionsError::InvalidLogConfig)?);
         }
         let mut opened = open_partitions(jobs).await?;
         for record in records {
@@ -384,7 +402,8 @@ impl Partitions {
             let (meta, spec) = (Arc::clone(&self.meta), spec.clone());
             blocking(move || meta.create_topic(&spec, now_ms()).map_err(PartitionsError::from)).await?
         };
-        let jobs = open_jobs(&self.config, &self.logs_dir, &record).map_err(PartitionsError::InvalidLogConfig)?;
+        let jobs =
+            open_jobs(&self.config, &self.meta, &self.logs_dir, &record).map_err(PartitionsError::InvalidLogConfig)?;
         let topic_dir = topic_dir(&self.logs_dir, &record);
         let opened = {
             let (logs_dir, topic_dir) = (self.logs_dir.clone(), topic_dir.clone());
@@ -545,16 +564,30 @@ pub fn log_config(config: &Config, overrides: &TopicConfig, topic: &str, partiti
     }
 }
 
-fn open_jobs(config: &Config, logs_dir: &Path, record: &TopicRecord) -> Result<Vec<OpenJob>, LogError> {
+fn open_jobs(
+    config: &Config,
+    meta: &Arc<MetaStore>,
+    logs_dir: &Path,
+    record: &TopicRecord,
+) -> Result<Vec<OpenJob>, LogError> {
+    let producers = ProducerStateConfig {
+        producers_max: usize::try_from(config.producers.ids_max).unwrap_or(usize::MAX),
+        expiration: config.producers.id_expiration,
+        snapshot_interval: config.producers.snapshot_interval,
+        snapshot_bytes: config.producers.snapshot_bytes,
+    };
     (0..record.partitions)
         .map(|partition| {
             let log_config = log_config(config, &record.config, &record.name, partition);
             log_config.validate()?;
             Ok(OpenJob {
                 topic: record.name.clone(),
+                topic_id: record.id,
                 partition,
                 dir: partition_dir(logs_dir, record, partition),
                 log_config,
+                producers,
+                meta: Arc::clone(meta),
             })
         })
         .collect()
@@ -632,9 +665,21 @@ async fn open_partitions(jobs: Vec<OpenJob>) -> Result<BTreeMap<String, Vec<Open
 fn open_partition(job: &OpenJob) -> Result<Opened, LogError> {
     let storage: Arc<dyn Storage> = Arc::new(RealFs);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let (log, report) = ferry_log::Log::open(storage, &job.dir, job.log_config.clone(), clock)?;
+    let (log, report) = ferry_log::Log::open(storage, &job.dir, job.log_config.clone(), Arc::clone(&clock))?;
     log_report(&job.topic, job.partition, &report);
-    let appender = Appender::start(log, &format!("{}-{}", job.topic, job.partition), &job.log_config)?;
+    let snapshot = match job.meta.producer_snapshot(job.topic_id, job.partition) {
+        Ok(snapshot) => snapshot,
+        Err(error) => {
+            // The log is the source of truth: without a usable snapshot the whole log is replayed.
+            tracing::warn!(topic = %job.topic, partition = job.partition, error = %error_chain(&error),
+                "producer snapshot unreadable; rebuilding the dedup state from the whole log");
+            None
+        }
+    };
+    let sink = MetaSnapshotSink { meta: Arc::clone(&job.meta), topic_id: job.topic_id, partition: job.partition };
+    let setup = ProducerSetup { config: job.producers, snapshot, sink: Some(Arc::new(sink)), clock };
+    let appender =
+        Appender::start_with_producers(log, &format!("{}-{}", job.topic, job.partition), &job.log_config, setup)?;
     Ok(Opened { partition: job.partition, appender, report })
 }
 
@@ -738,6 +783,7 @@ fn finish_deletion_blocking(meta: &MetaStore, logs_dir: &Path, record: &TopicRec
         Err(source) => return Err(io_error("remove directory", &dir, source)),
     }
     sync_dir(logs_dir)?;
+    meta.delete_producer_snapshots(record.id)?;
     meta.delete_topic(&record.name)?;
     Ok(())
 }

@@ -27,6 +27,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::metrics::{CONNECTIONS_REJECTED_TOTAL, LABEL_REASON};
 use crate::partitions::Partitions;
+use crate::producers::ProducerIds;
 
 /// Connections over the limit being answered and closed at once; beyond it, extra connections are dropped without
 /// an error frame (a flood of them must not turn into a flood of tasks).
@@ -54,13 +55,16 @@ pub struct ServerState {
     pub(crate) shutdown: CancellationToken,
     /// Tracks every connection and request task, so shutdown can wait for them.
     pub(crate) tasks: TaskTracker,
+    /// The registry of idempotent producer ids.
+    pub(crate) producer_ids: Arc<ProducerIds>,
 }
 
 impl ServerState {
-    /// The state for a server on `partitions`, stopped by `shutdown`, its tasks on `tasks`.
+    /// The state for a server on `partitions` and `producer_ids`, stopped by `shutdown`, its tasks on `tasks`.
     pub fn new(
         config: Arc<Config>,
         partitions: Arc<Partitions>,
+        producer_ids: Arc<ProducerIds>,
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) -> ServerState {
@@ -70,6 +74,7 @@ impl ServerState {
             reads: Arc::new(Semaphore::new(crate::handlers::fetch::FETCH_READS_CONCURRENT_MAX)),
             shutdown,
             tasks,
+            producer_ids,
         }
     }
 }

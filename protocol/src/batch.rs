@@ -62,6 +62,25 @@ pub const NO_PRODUCER_ID: i64 = -1;
 pub const NO_PRODUCER_EPOCH: i32 = -1;
 /// `base_sequence` of a batch from a producer that is not idempotent.
 pub const NO_SEQUENCE: i32 = -1;
+/// The largest sequence number: the record after it has sequence 0.
+pub const SEQUENCE_MAX: i32 = i32::MAX;
+
+/// The sequence `n` records after `sequence`, wrapping from [`SEQUENCE_MAX`] back to 0.
+///
+/// Sequences count records per (producer id, partition) from 0; `sequence` must be 0 or more.
+///
+/// ```
+/// use ferry_protocol::batch::{SEQUENCE_MAX, sequence_add};
+/// assert_eq!(sequence_add(5, 3), 8);
+/// assert_eq!(sequence_add(SEQUENCE_MAX, 1), 0);
+/// assert_eq!(sequence_add(SEQUENCE_MAX - 1, 4), 2);
+/// ```
+pub fn sequence_add(sequence: i32, n: u32) -> i32 {
+    let modulus = i64::from(SEQUENCE_MAX) + 1;
+    let sum = (i64::from(sequence) + i64::from(n)).rem_euclid(modulus);
+    // The remainder is in 0..=SEQUENCE_MAX.
+    i32::try_from(sum).unwrap_or(0)
+}
 
 const BASE_OFFSET_AT: usize = 0;
 const BATCH_LENGTH_AT: usize = 8;
@@ -180,6 +199,24 @@ impl BatchHeader {
     /// Offset right after the batch: where the next batch starts.
     pub fn next_offset(&self) -> u64 {
         self.last_offset() + 1
+    }
+
+    /// The producer fields: producer id, epoch and base sequence.
+    pub fn producer(&self) -> ProducerFields {
+        ProducerFields {
+            producer_id: self.producer_id,
+            producer_epoch: self.producer_epoch,
+            base_sequence: self.base_sequence,
+        }
+    }
+
+    /// Sequence number of the last record ([`sequence_add`] of the base sequence and the record count less one),
+    /// or [`NO_SEQUENCE`] for a batch without a producer.
+    pub fn last_sequence(&self) -> i32 {
+        if self.base_sequence < 0 {
+            return NO_SEQUENCE;
+        }
+        sequence_add(self.base_sequence, self.record_count.saturating_sub(1))
     }
 
     /// Reads the fixed header without checking the checksum.
@@ -393,6 +430,27 @@ impl RecordBatch {
         self.header.crc = crc;
         self.bytes = buf.freeze();
         Ok(())
+    }
+
+    /// Stamps the batch with a producer's id, epoch and base sequence: rewrites the header and recomputes the checksum.
+    ///
+    /// An idempotent producer calls this when it first sends a batch (the sequence is only known then). The producer
+    /// fields are covered by the checksum's tail, so this costs one pass over the batch; like [`RecordBatch::rebase`],
+    /// it rewrites in place when the batch owns its buffer and copies once otherwise.
+    pub fn set_producer(&mut self, producer: ProducerFields) {
+        let bytes = std::mem::take(&mut self.bytes);
+        let mut buf = bytes.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+        buf[PRODUCER_ID_AT..PRODUCER_ID_AT + 8].copy_from_slice(&producer.producer_id.to_be_bytes());
+        buf[PRODUCER_EPOCH_AT..PRODUCER_EPOCH_AT + 4].copy_from_slice(&producer.producer_epoch.to_be_bytes());
+        buf[BASE_SEQUENCE_AT..BASE_SEQUENCE_AT + 4].copy_from_slice(&producer.base_sequence.to_be_bytes());
+        self.crc_tail = crc32c::crc32c(&buf[CRC_END..]);
+        let crc = with_head(self.crc_tail, &buf);
+        buf[CRC_AT..CRC_END].copy_from_slice(&crc.to_be_bytes());
+        self.header.producer_id = producer.producer_id;
+        self.header.producer_epoch = producer.producer_epoch;
+        self.header.base_sequence = producer.base_sequence;
+        self.header.crc = crc;
+        self.bytes = buf.freeze();
     }
 
     /// Iterates the records, checking their structure as it goes.

@@ -255,6 +255,18 @@ error_codes! {
     /// The broker is at a configured resource limit (most topics, most partitions in total); nothing was created.
     /// An operator raises the limit or deletes topics.
     ResourceLimitReached = 21, false, "RESOURCE_LIMIT_REACHED";
+    /// The batch's sequence does not follow the last batch the producer wrote to the partition: an earlier batch is
+    /// missing (still in flight, or failed). Nothing was written; send the missing batches first, then this one.
+    OutOfOrderSequence = 100, true, "OUT_OF_ORDER_SEQUENCE";
+    /// A newer epoch of this producer id exists: this producer instance is a zombie and must stop. Nothing was written.
+    ProducerFenced = 101, false, "PRODUCER_FENCED";
+    /// The broker holds no state for this producer id: never issued, or expired after its expiration time without a
+    /// write. Nothing was written since it expired; the producer gets a new id and resends with sequences from 0.
+    UnknownProducerId = 102, false, "UNKNOWN_PRODUCER_ID";
+    /// The broker has its configured maximum of active producer ids; none was issued. Retry after some expire.
+    ProducerIdLimit = 103, true, "PRODUCER_ID_LIMIT";
+    /// The batch's producer epoch is newer than any the broker issued for the producer id. Nothing was written.
+    InvalidProducerEpoch = 104, false, "INVALID_PRODUCER_EPOCH";
 }
 
 impl ErrorCode {
@@ -343,6 +355,11 @@ mod tests {
             (19, "INVALID_TIMESTAMP", false),
             (20, "TOO_MANY_REQUESTS", true),
             (21, "RESOURCE_LIMIT_REACHED", false),
+            (100, "OUT_OF_ORDER_SEQUENCE", true),
+            (101, "PRODUCER_FENCED", false),
+            (102, "UNKNOWN_PRODUCER_ID", false),
+            (103, "PRODUCER_ID_LIMIT", true),
+            (104, "INVALID_PRODUCER_EPOCH", false),
         ];
         assert_eq!(ErrorCode::ALL.len(), expected.len());
         for &(value, name, retriable) in expected {

@@ -45,7 +45,7 @@ pub const FRAME_HEADER_BYTES: u32 = 10;
 /// The apis of protocol version 1, by their stable api key.
 ///
 /// A key, once assigned, never changes meaning.
-/// Reserved, not yet implemented: 8 = InitProducerId, 20-39 consumer groups, 40-59 transactions,
+/// Reserved, not yet implemented: 20-39 consumer groups, 40-59 transactions,
 /// 60-79 queue groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u16)]
@@ -66,11 +66,13 @@ pub enum ApiKey {
     Fetch = 6,
     /// Looks up offsets by position or timestamp.
     ListOffsets = 7,
+    /// Issues an idempotent producer's id and epoch.
+    InitProducerId = 8,
 }
 
 impl ApiKey {
     /// Every api this build speaks, in api-key order (the order ApiVersions lists them in).
-    pub const ALL: [ApiKey; 8] = [
+    pub const ALL: [ApiKey; 9] = [
         ApiKey::ApiVersions,
         ApiKey::CreateTopics,
         ApiKey::DeleteTopics,
@@ -79,6 +81,7 @@ impl ApiKey {
         ApiKey::Produce,
         ApiKey::Fetch,
         ApiKey::ListOffsets,
+        ApiKey::InitProducerId,
     ];
 
     /// The numeric key sent in the frame header.
@@ -97,6 +100,7 @@ impl ApiKey {
             ApiKey::Produce => "produce",
             ApiKey::Fetch => "fetch",
             ApiKey::ListOffsets => "list_offsets",
+            ApiKey::InitProducerId => "init_producer_id",
         }
     }
 

@@ -230,6 +230,7 @@ apis! {
     Produce => ProduceRequest, ProduceResponse;
     Fetch => FetchRequest, FetchResponse;
     ListOffsets => ListOffsetsRequest, ListOffsetsResponse;
+    InitProducerId => InitProducerIdRequest, InitProducerIdResponse;
 }
 
 impl From<ErrorResponse> for Response {
@@ -254,7 +255,8 @@ impl Request {
             | Request::CreateTopics(_)
             | Request::DeleteTopics(_)
             | Request::ListTopics(_)
-            | Request::DescribeTopics(_) => Ok(()),
+            | Request::DescribeTopics(_)
+            | Request::InitProducerId(_) => Ok(()),
         }
     }
 }

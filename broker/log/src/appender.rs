@@ -10,6 +10,13 @@
 //! `sync`, then reply `Durability::Fsynced` to every request whose batches were appended. With `interval` and `never`
 //! the replies (`Durability::Written`) follow the write; `interval` syncs when the interval has passed, also when idle.
 //!
+//! Idempotent producers: a request whose one batch carries a producer id is first checked against the partition's
+//! dedup table ([`crate::producers::ProducerTable`]), in the same thread and order that assigns offsets: a new batch is
+//! appended and recorded at once (so a later request of the same group sees it), a retry of a batch already written is
+//! answered with the original offsets (`duplicate`) after the same sync as the group's appends, and a refused batch is
+//! answered with [`LogError::Producer`] and changes nothing. The table is rebuilt at start from the last snapshot and
+//! the log after it, and snapshotted after syncs (see [`Appender::start_with_producers`]).
+//!
 //! Failure: a failed fsync or write stops the partition. Every request of the group gets `LogError::Failed`, even those
 //! written before the failure (their data was never fsynced), and so does every later request; nothing is retried.
 //! A panic in the thread drops the receiver and every pending reply: waiting callers get [`LogError::AppenderGone`],
@@ -17,7 +24,7 @@
 //! panic. In release builds `panic = "abort"` takes the process down at once; restart recovers from disk.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -25,10 +32,14 @@ use std::time::{Duration, Instant};
 use ferry_protocol::RecordBatch;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::{FsyncPolicy, LogConfig};
+use crate::config::{Clock, FsyncPolicy, LogConfig};
 use crate::error::LogError;
 use crate::log::{OffsetRange, PartitionLog};
-use crate::reader::LogReader;
+use crate::producers::{
+    ProducerError, ProducerSetup, ProducerStateConfig, ProducerTable, RebuildReport, SequenceCheck, SnapshotSink,
+    rebuild,
+};
+use crate::reader::{LogReader, LogStatus};
 
 /// Stack of an appender thread: it runs no deep recursion, only the log's bookkeeping.
 const APPENDER_STACK_BYTES: usize = 512 * 1024;
@@ -49,6 +60,9 @@ pub struct AppendAck {
     pub ranges: Vec<OffsetRange>,
     /// What the acknowledgement guarantees.
     pub durability: Durability,
+    /// The request was an idempotent producer's retry of a batch already written: nothing was written, and `ranges`
+    /// holds the original batch's offsets (acknowledged with the same durability guarantee as a new append).
+    pub duplicate: bool,
 }
 
 type Reply = oneshot::Sender<Result<AppendAck, LogError>>;
@@ -138,6 +152,8 @@ pub struct Appender {
     handle: AppendHandle,
     reader: LogReader,
     thread: Option<JoinHandle<Result<(), LogError>>>,
+    active_producers: Arc<AtomicUsize>,
+    rebuilt: RebuildReport,
 }
 
 /// Settings the appender thread needs.
@@ -149,30 +165,80 @@ struct GroupConfig {
 }
 
 impl Appender {
-    /// Starts the appender thread (named `appender-<name>`) that owns `log`.
+    /// Starts the appender thread (named `appender-<name>`) that owns `log`, with default producer state settings,
+    /// no snapshots, and the producer state rebuilt from the whole log.
     ///
     /// `config` gives the queue bound, the group size limit, the fsync policy (it must be the log's) and the
     /// retention check interval.
     pub fn start<L: PartitionLog + 'static>(log: L, name: &str, config: &LogConfig) -> Result<Appender, LogError> {
+        Appender::start_with_producers(log, name, config, ProducerSetup::default())
+    }
+
+    /// Starts the appender thread like [`Appender::start`], first rebuilding the producer state (the dedup table of
+    /// idempotent producers) from `producers.snapshot` and the log after it (see [`rebuild`]); the thread stores new
+    /// snapshots in `producers.sink` after syncs, at most every `snapshot_interval` or `snapshot_bytes`, and at close.
+    pub fn start_with_producers<L: PartitionLog + 'static>(
+        log: L,
+        name: &str,
+        config: &LogConfig,
+        producers: ProducerSetup,
+    ) -> Result<Appender, LogError> {
         config.validate()?;
         if log.fsync_policy() != config.fsync {
             return Err(LogError::InvalidConfig { field: "fsync", reason: "differs from the log's fsync policy" });
         }
         let (sender, receiver) = mpsc::channel(config.append_queue_depth);
         let reader = log.reader();
+        let (table, rebuilt) = rebuild(&log, &producers)?;
+        if rebuilt.batches_replayed > 0 || rebuilt.producers > 0 {
+            tracing::info!(
+                partition = name,
+                from_snapshot = rebuilt.from_snapshot,
+                replayed_from = rebuilt.replayed_from,
+                batches = rebuilt.batches_replayed,
+                producers = rebuilt.producers,
+                "producer state rebuilt"
+            );
+        }
+        let active_producers = Arc::new(AtomicUsize::new(table.len()));
         let group_config = GroupConfig {
             fsync: config.fsync,
             group_bytes_max: config.group_bytes_max,
             retention_check_interval: config.retention_check_interval,
         };
+        let state = ProducerState {
+            table,
+            config: producers.config,
+            sink: producers.sink,
+            clock: producers.clock,
+            active: Arc::clone(&active_producers),
+            last_snapshot: Instant::now(),
+            bytes_since_snapshot: 0,
+            snapshot_due: false,
+        };
         let thread_name = format!("appender-{name}");
         let thread = thread::Builder::new()
             .name(thread_name.clone())
             .stack_size(APPENDER_STACK_BYTES)
-            .spawn(move || AppenderLoop::new(log, receiver, group_config).run())
+            .spawn(move || AppenderLoop::new(log, receiver, group_config, state).run())
             .map_err(|e| LogError::io("spawn thread", thread_name, e))?;
         let handle = AppendHandle { sender, shutting_down: Arc::new(AtomicBool::new(false)) };
-        Ok(Appender { handle, reader, thread: Some(thread) })
+        Ok(Appender { handle, reader, thread: Some(thread), active_producers, rebuilt })
+    }
+
+    /// Producer ids the partition's dedup table tracks now.
+    pub fn active_producers(&self) -> usize {
+        self.active_producers.load(Ordering::Relaxed)
+    }
+
+    /// A shared counter of the producer ids the partition tracks, for gauges.
+    pub fn active_producers_counter(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.active_producers)
+    }
+
+    /// What rebuilding the producer state at start did.
+    pub fn rebuild_report(&self) -> RebuildReport {
+        self.rebuilt
     }
 
     /// A handle for submitting appends (clone it for each producer connection).
@@ -223,20 +289,97 @@ enum Received {
     Closed,
 }
 
+/// The producer state the appender thread owns: the dedup table and when to snapshot it.
+#[derive(Debug)]
+struct ProducerState {
+    table: ProducerTable,
+    config: ProducerStateConfig,
+    sink: Option<Arc<dyn SnapshotSink>>,
+    clock: Arc<dyn Clock>,
+    active: Arc<AtomicUsize>,
+    last_snapshot: Instant,
+    bytes_since_snapshot: u64,
+    /// The table changed since the last snapshot.
+    snapshot_due: bool,
+}
+
+impl ProducerState {
+    /// Stores a snapshot at `offset` if one is due (or `force`d) and there is somewhere to store it.
+    fn maybe_snapshot(&mut self, offset: u64, force: bool) {
+        let Some(sink) = &self.sink else { return };
+        let due = self.snapshot_due
+            && (force
+                || self.bytes_since_snapshot >= self.config.snapshot_bytes
+                || self.last_snapshot.elapsed() >= self.config.snapshot_interval);
+        if !due {
+            return;
+        }
+        match sink.save(&self.table.snapshot(offset)) {
+            Ok(()) => {
+                self.snapshot_due = false;
+                self.bytes_since_snapshot = 0;
+            }
+            Err(error) => tracing::warn!(%error, offset, "storing the producer snapshot failed; will retry"),
+        }
+        self.last_snapshot = Instant::now();
+    }
+
+    fn publish(&self) {
+        self.active.store(self.table.len(), Ordering::Relaxed);
+    }
+}
+
 struct AppenderLoop<L> {
     log: L,
+    status: LogReader,
     receiver: mpsc::Receiver<Command>,
     config: GroupConfig,
+    producers: ProducerState,
     waker: Waker,
     last_sync: Instant,
     last_retention: Instant,
 }
 
+/// The one batch of an idempotent producer's request, if it is one (the produce handler sends such a batch alone).
+fn idempotent_batch(batches: &[RecordBatch]) -> Option<&RecordBatch> {
+    match batches {
+        [batch] if batch.header().producer_id >= 0 => Some(batch),
+        _ => None,
+    }
+}
+
+/// What the group does with one request.
+enum Plan {
+    Append,
+    Duplicate(OffsetRange),
+}
+
 impl<L: PartitionLog> AppenderLoop<L> {
-    fn new(log: L, receiver: mpsc::Receiver<Command>, config: GroupConfig) -> Self {
+    fn new(log: L, receiver: mpsc::Receiver<Command>, config: GroupConfig, producers: ProducerState) -> Self {
         let waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
         let now = Instant::now();
-        AppenderLoop { log, receiver, config, waker, last_sync: now, last_retention: now }
+        let status = log.reader();
+        AppenderLoop { log, status, receiver, config, producers, waker, last_sync: now, last_retention: now }
+    }
+
+    /// Checks an idempotent producer's batch against the dedup table (see [`crate::producers`]).
+    fn plan(&self, batches: &[RecordBatch]) -> Result<Plan, LogError> {
+        if batches.iter().skip(1).any(|batch| batch.header().producer_id >= 0) {
+            return Err(ProducerError::InvalidFields { reason: "a batch with a producer id must be sent alone" }.into());
+        }
+        let Some(batch) = idempotent_batch(batches) else { return Ok(Plan::Append) };
+        match self.producers.table.check(batch.header())? {
+            SequenceCheck::Append => Ok(Plan::Append),
+            SequenceCheck::Duplicate { first_offset, last_offset } => {
+                // A duplicate is answered like an append: only while the partition could still acknowledge one.
+                match self.status.status() {
+                    LogStatus::Open => Ok(Plan::Duplicate(OffsetRange { first: first_offset, last: last_offset })),
+                    LogStatus::Damaged(damage) => Err(LogError::Damaged { damage }),
+                    LogStatus::Failed(cause) => Err(LogError::Failed { cause }),
+                    LogStatus::Closed => Err(LogError::Closed),
+                }
+            }
+        }
     }
 
     /// Waits for the next command until `deadline` (forever with `None`).
@@ -309,20 +452,45 @@ impl<L: PartitionLog> AppenderLoop<L> {
                 let _ = reply.send(Err(LogError::Closed));
             }
         }
-        self.log.close()
+        self.log.close()?;
+        // After the close's sync: the snapshot covers everything, so the next start replays nothing.
+        self.producers.maybe_snapshot(self.log.end_offset(), true);
+        Ok(())
     }
 
     /// Appends every request of the group, syncs once (policy `always`), then replies to each.
     fn commit_group(&mut self, group: Vec<(Vec<RecordBatch>, Reply)>) {
-        let mut appended: Vec<(Reply, Vec<OffsetRange>)> = Vec::with_capacity(group.len());
+        let mut appended: Vec<(Reply, Vec<OffsetRange>, bool)> = Vec::with_capacity(group.len());
         let mut fatal: Option<Arc<LogError>> = None;
         for (mut batches, reply) in group {
             if let Some(cause) = &fatal {
                 let _ = reply.send(Err(LogError::Failed { cause: Arc::clone(cause) }));
                 continue;
             }
+            match self.plan(&batches) {
+                Ok(Plan::Append) => {}
+                Ok(Plan::Duplicate(range)) => {
+                    // Answered with the group: after the sync that makes the original durable, if it was in this group.
+                    appended.push((reply, vec![range], true));
+                    continue;
+                }
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                    continue;
+                }
+            }
             match self.log.append(&mut batches) {
-                Ok(ranges) => appended.push((reply, ranges)),
+                Ok(ranges) => {
+                    // Recorded as soon as it is written, so a later request of this group sees it; if the sync fails,
+                    // the partition stops and its state is rebuilt from what is on disk.
+                    if let Some(batch) = idempotent_batch(&batches) {
+                        self.producers.table.record(batch.header(), self.producers.clock.now_ms());
+                        self.producers.snapshot_due = true;
+                    }
+                    self.producers.bytes_since_snapshot +=
+                        batches.iter().map(|batch| u64::from(batch.len_bytes())).sum::<u64>();
+                    appended.push((reply, ranges, false));
+                }
                 Err(error) if error.is_fatal() => {
                     let cause = match error {
                         LogError::Failed { cause } => cause,
@@ -351,13 +519,17 @@ impl<L: PartitionLog> AppenderLoop<L> {
         }
         let durability =
             if self.config.fsync == FsyncPolicy::Always { Durability::Fsynced } else { Durability::Written };
-        for (reply, ranges) in appended {
+        for (reply, ranges, duplicate) in appended {
             let result = match &fatal {
                 // Written but never fsynced: no acknowledgement, whatever the policy promised.
                 Some(cause) => Err(LogError::Failed { cause: Arc::clone(cause) }),
-                None => Ok(AppendAck { ranges, durability }),
+                None => Ok(AppendAck { ranges, durability, duplicate }),
             };
             let _ = reply.send(result);
+        }
+        self.producers.publish();
+        if fatal.is_none() && self.config.fsync == FsyncPolicy::Always {
+            self.producers.maybe_snapshot(self.log.end_offset(), false);
         }
     }
 
@@ -369,8 +541,20 @@ impl<L: PartitionLog> AppenderLoop<L> {
             && now >= self.last_sync + interval
         {
             // A failure is recorded by the log (every later request fails); nothing to answer here.
-            let _ = self.log.sync();
+            if self.log.sync().is_ok() {
+                self.producers.maybe_snapshot(self.log.end_offset(), false);
+            }
             self.last_sync = now;
+        }
+        if self.config.fsync == FsyncPolicy::Never {
+            // Nothing is ever synced by the appender: a snapshot may run ahead of what survives a power loss, which
+            // the rebuild detects (offset past the end) and answers with a full replay.
+            self.producers.maybe_snapshot(self.log.end_offset(), false);
+        }
+        let expiration_ms = i64::try_from(self.producers.config.expiration.as_millis()).unwrap_or(i64::MAX);
+        if self.producers.table.expire(self.producers.clock.now_ms(), expiration_ms) > 0 {
+            self.producers.snapshot_due = true;
+            self.producers.publish();
         }
         if self.log.take_rolled() || now >= self.last_retention + self.config.retention_check_interval {
             if let Err(error) = self.log.apply_retention() {

@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use ferry_protocol::ProtocolError;
 
+use crate::producers::ProducerError;
+
 /// Where recovery found data it cannot trust below the durable end, or a hole in the offsets.
 ///
 /// A damaged partition keeps every file as it was found (the evidence), serves reads below `offset`,
@@ -138,6 +140,9 @@ pub enum LogError {
     /// The appender thread is gone (it exited or panicked) before answering.
     #[error("partition appender is gone")]
     AppenderGone,
+    /// An idempotent producer's batch was refused by the partition's dedup table; nothing was written.
+    #[error(transparent)]
+    Producer(#[from] ProducerError),
 }
 
 impl LogError {

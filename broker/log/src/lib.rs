@@ -18,6 +18,7 @@
 //! - [`recovery`]: opening a partition: the exact rules for torn tails, damage and index rebuilds; [`RecoveryReport`].
 //! - [`reader`]: [`LogReader`]: reads by offset and timestamp from any thread, never waiting for the writer.
 //! - [`log`]: [`PartitionLog`] and [`Log`]: append (one vectored write), sync, roll, retention, close.
+//! - [`producers`]: [`ProducerTable`]: the dedup table of idempotent producers, and its [`ProducerSnapshot`].
 //! - [`appender`]: [`Appender`]: the group-commit thread and the [`AppendHandle`] async handlers use.
 //! - [`metrics`]: metric names and [`metrics::describe`].
 //!
@@ -32,6 +33,7 @@ pub mod fs;
 pub mod index;
 pub mod log;
 pub mod metrics;
+pub mod producers;
 pub mod reader;
 pub mod recovery;
 pub mod segment;
@@ -41,5 +43,6 @@ pub use config::{Clock, FsyncPolicy, LogConfig, ManualClock, SystemClock};
 pub use error::{Damage, LogError};
 pub use fs::{CrashMode, LogFile, OpenMode, RealFs, SimFs, Storage};
 pub use log::{Log, OffsetRange, PartitionLog};
+pub use producers::{ProducerError, ProducerSnapshot, ProducerTable, SequenceCheck};
 pub use reader::{LogReader, LogStatus, ReadSlice};
 pub use recovery::RecoveryReport;

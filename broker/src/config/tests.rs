@@ -77,6 +77,11 @@ fn ops_broker_toml_lists_every_key() {
         "fetch_bytes_max",
         "topics_max",
         "partitions_max",
+        "[producers]",
+        "ids_max",
+        "id_expiration_ms",
+        "snapshot_interval_ms",
+        "snapshot_bytes",
     ];
     for key in keys {
         let written = text.lines().any(|line| line.starts_with(key));
@@ -152,6 +157,10 @@ fn validate_names_the_key_out_of_bounds() {
     check_invalid("server.fetch_wait_ms_max", |config| config.server.fetch_wait_max = Duration::from_secs(3600));
     check_invalid("server.frame_bytes_max", |config| config.server.frame_bytes_max = 1024);
     check_invalid("server.partitions_per_topic_max", |config| config.server.partitions_per_topic_max = 0);
+    check_invalid("producers.ids_max", |config| config.producers.ids_max = 0);
+    check_invalid("producers.id_expiration_ms", |config| config.producers.id_expiration = Duration::from_millis(999));
+    check_invalid("producers.snapshot_interval_ms", |config| config.producers.snapshot_interval = Duration::ZERO);
+    check_invalid("producers.snapshot_bytes", |config| config.producers.snapshot_bytes = 1);
     // In bounds on its own, but too small for the default batch size plus the frame overhead.
     check_invalid("server.frame_bytes_max", |config| config.server.frame_bytes_max = 4 * 1024 * 1024);
 }

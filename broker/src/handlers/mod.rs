@@ -9,7 +9,9 @@
 //! Files:
 //! - `api_versions`: version negotiation and the limits the broker enforces.
 //! - `create_topics`, `delete_topics`, `list_topics`, `describe_topics`: topic administration.
-//! - `produce`: validation, submission to the appenders in arrival order, acknowledgements.
+//! - `produce`: validation, the idempotent producers' checks, submission to the appenders in arrival order,
+//!   acknowledgements.
+//! - `init_producer_id`: issues idempotent producer ids.
 //! - `fetch`: long-poll reads of whole stored batches.
 //! - `list_offsets`: earliest, latest and by-timestamp lookups.
 
@@ -18,6 +20,7 @@ mod create_topics;
 mod delete_topics;
 mod describe_topics;
 pub(crate) mod fetch;
+mod init_producer_id;
 mod list_offsets;
 mod list_topics;
 pub(crate) mod produce;
@@ -25,10 +28,10 @@ pub(crate) mod produce;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_log::LogError;
+use ferry_log::{LogError, ProducerError};
 use ferry_protocol::messages::{
     ApiVersionsResponse, CreateTopicsResponse, DeleteTopicsResponse, DescribeTopicsResponse, FetchResponse,
-    ListOffsetsResponse, ListTopicsResponse, ProduceResponse, error_code_to_wire,
+    InitProducerIdResponse, ListOffsetsResponse, ListTopicsResponse, ProduceResponse, error_code_to_wire,
 };
 use ferry_protocol::{ApiKey, ErrorCode, ProtocolError, Request, Response};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -36,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::meta::MetaError;
 use crate::partitions::PartitionsError;
+use crate::producers::{AdmitError, IssueError};
 use crate::server::ServerState;
 
 pub(crate) use produce::ProduceTurn;
@@ -93,9 +97,18 @@ pub enum HandlerError {
     /// A produce names a partition without any record batch.
     #[error("no record batches for the partition")]
     NoBatches,
-    /// A batch carries producer fields (idempotent or transactional producers come in a later version).
-    #[error("batches with a producer id, transactional or control batches are not supported yet")]
-    ProducerFieldsUnsupported,
+    /// A batch is marked transactional or control (transactions come in a later version).
+    #[error("transactional and control batches are not supported yet")]
+    TransactionsUnsupported,
+    /// A batch with a producer id shares its partition's payload with other batches.
+    #[error("a batch with a producer id must be the only batch of its partition in a produce request")]
+    IdempotentBatchNotAlone,
+    /// The registry refused the batch's producer id or epoch.
+    #[error(transparent)]
+    Admit(#[from] AdmitError),
+    /// No producer id could be issued.
+    #[error(transparent)]
+    Issue(#[from] IssueError),
     /// The item did not complete within the request's timeout; its outcome is unknown.
     #[error("not done within {timeout:?}")]
     TimedOut {
@@ -121,9 +134,15 @@ pub fn error_code(error: &HandlerError) -> ErrorCode {
         HandlerError::Log(error) => log_error_code(error),
         HandlerError::BatchTooLarge { .. } => ErrorCode::RecordBatchTooLarge,
         HandlerError::MessageTooLarge { .. } => ErrorCode::MessageTooLarge,
-        HandlerError::NoBatches | HandlerError::ProducerFieldsUnsupported | HandlerError::DuplicateTopic => {
-            ErrorCode::InvalidRequest
-        }
+        HandlerError::NoBatches
+        | HandlerError::TransactionsUnsupported
+        | HandlerError::IdempotentBatchNotAlone
+        | HandlerError::DuplicateTopic => ErrorCode::InvalidRequest,
+        HandlerError::Admit(AdmitError::Unknown { .. }) => ErrorCode::UnknownProducerId,
+        HandlerError::Admit(AdmitError::Fenced { .. }) => ErrorCode::ProducerFenced,
+        HandlerError::Admit(AdmitError::InvalidEpoch { .. }) => ErrorCode::InvalidProducerEpoch,
+        HandlerError::Issue(IssueError::Limit { .. }) => ErrorCode::ProducerIdLimit,
+        HandlerError::Issue(IssueError::Meta(_)) => ErrorCode::StorageError,
         HandlerError::TimedOut { .. } => ErrorCode::RequestTimedOut,
         HandlerError::ShuttingDown => ErrorCode::BrokerShuttingDown,
     }
@@ -160,6 +179,10 @@ fn log_error_code(error: &LogError) -> ErrorCode {
         LogError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
         LogError::BatchTooLarge { .. } => ErrorCode::RecordBatchTooLarge,
         LogError::InvalidConfig { .. } => ErrorCode::Unknown,
+        LogError::Producer(ProducerError::OutOfOrder { .. }) => ErrorCode::OutOfOrderSequence,
+        LogError::Producer(ProducerError::Fenced { .. }) => ErrorCode::ProducerFenced,
+        LogError::Producer(ProducerError::TooManyProducers { .. }) => ErrorCode::ProducerIdLimit,
+        LogError::Producer(ProducerError::InvalidFields { .. }) => ErrorCode::InvalidRequest,
     }
 }
 
@@ -227,6 +250,7 @@ pub(crate) async fn handle(state: &ServerState, request: Request, context: Reque
             Some(response.into())
         }
         Request::ListOffsets(request) => Some(list_offsets::handle(state, request).await.into()),
+        Request::InitProducerId(request) => Some(init_producer_id::handle(state, request).await.into()),
     };
     let result = match &response {
         Some(response) => result_code(response),
@@ -249,6 +273,9 @@ pub(crate) fn request_error(api: ApiKey, code: ErrorCode) -> Response {
         ApiKey::Produce => ProduceResponse { error_code, ..Default::default() }.into(),
         ApiKey::Fetch => FetchResponse { error_code, ..Default::default() }.into(),
         ApiKey::ListOffsets => ListOffsetsResponse { error_code, ..Default::default() }.into(),
+        ApiKey::InitProducerId => {
+            InitProducerIdResponse { error_code, producer_id: -1, producer_epoch: -1, ..Default::default() }.into()
+        }
     }
 }
 
@@ -274,10 +301,16 @@ fn result_code(response: &Response) -> ErrorCode {
             .iter()
             .flat_map(|topic| topic.partitions.iter().map(|partition| partition.error_code))
             .find(|&c| c != 0),
-        Response::ApiVersions(_) | Response::ListTopics(_) | Response::Error(_) => None,
+        Response::ApiVersions(_) | Response::ListTopics(_) | Response::InitProducerId(_) | Response::Error(_) => None,
     };
     let code = if top != 0 { top } else { first_item.unwrap_or(0) };
     ferry_protocol::messages::error_code_from_wire(code).unwrap_or(ErrorCode::Unknown)
+}
+
+/// Milliseconds since the Unix epoch, by the system clock.
+pub(crate) fn now_ms() -> i64 {
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Classifies a partition-log error: a log closed while the broker is not shutting down belongs to a topic that

@@ -7,9 +7,13 @@
 //!    the topic is active and has the partition; the payload splits into whole batches, each checksum-verified
 //!    ([`split_batches`]), at most the broker's `log.batch_bytes_max` (`RECORD_BATCH_TOO_LARGE`) and the topic's
 //!    `max.message.bytes` (`MESSAGE_TOO_LARGE`), with well-formed records ([`RecordBatch::validate_records`],
-//!    `CORRUPT_MESSAGE`). Batches carrying a producer id, or marked transactional or control, are refused with
-//!    `INVALID_REQUEST`: idempotent and transactional producers come with their own issue, and accepting such
-//!    batches as plain ones now would store sequence numbers nobody checked.
+//!    `CORRUPT_MESSAGE`). Batches marked transactional or control are refused with `INVALID_REQUEST` (transactions
+//!    come with their own issue). A batch with a producer id (an idempotent producer's) must be its partition's only
+//!    batch, and its id and epoch must pass the registry ([`crate::producers::ProducerIds::admit`]:
+//!    `UNKNOWN_PRODUCER_ID`, `PRODUCER_FENCED`, `INVALID_PRODUCER_EPOCH`); its sequence is checked later, by the
+//!    partition's appender thread, against the dedup table in the same step that assigns offsets
+//!    (`ferry_log::producers`: a retry is answered with the original offsets and `duplicate = true`, a gap with
+//!    `OUT_OF_ORDER_SEQUENCE`).
 //! 2. Wait for this request's turn ([`ProduceTurn`]): requests of one connection submit in arrival order, so two
 //!    produce requests for the same partition are appended (and acknowledged) in the order they were sent, while
 //!    their validation still runs in parallel.
@@ -26,6 +30,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use ferry_log::{AppendAck, Durability as LogDurability, PendingAck};
 use ferry_protocol::batch::{NO_PRODUCER_ID, split_batches};
+use ferry_protocol::messages::error_code_from_wire;
 use ferry_protocol::messages::{
     Acks, Durability, ProducePartitionResponse, ProduceRequest, ProduceResponse, ProduceTopicResponse,
     error_code_to_wire,
@@ -34,7 +39,8 @@ use ferry_protocol::{ErrorCode, RecordBatch, TopicName};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, timeout_at};
 
-use super::{HandlerError, REQUEST_ITEMS_MAX, item_error, log_error};
+use super::{HandlerError, REQUEST_ITEMS_MAX, item_error, log_error, now_ms};
+use crate::metrics::{DUPLICATES_DROPPED_TOTAL, LABEL_REASON, PRODUCER_REJECTIONS_TOTAL};
 use crate::partitions::Topic;
 use crate::server::ServerState;
 
@@ -167,7 +173,11 @@ pub(crate) async fn handle(
             };
             let result = match timeout_at(deadline, pending.wait()).await {
                 Ok(Ok(ack)) => {
-                    record_append(&prepared);
+                    if ack.duplicate {
+                        metrics::counter!(DUPLICATES_DROPPED_TOTAL, LABEL_REASON => "sequence").increment(1);
+                    } else {
+                        record_append(&prepared);
+                    }
                     Ok((ack, now_ms()))
                 }
                 Ok(Err(error)) => Err(log_error(state, error)),
@@ -242,13 +252,20 @@ fn prepare(state: &ServerState, topic: &Arc<Topic>, partition: u32, records: Byt
             return Err(HandlerError::MessageTooLarge { len, max: topic.batch_bytes_max });
         }
         let header = batch.header();
-        if header.producer_id != NO_PRODUCER_ID || header.attributes.transactional() || header.attributes.control() {
-            return Err(HandlerError::ProducerFieldsUnsupported);
+        if header.attributes.transactional() || header.attributes.control() {
+            return Err(HandlerError::TransactionsUnsupported);
         }
         batch.validate_records()?;
         n_records += u64::from(batch.record_count());
         n_bytes += u64::from(len);
         batches.push(batch);
+    }
+    if let Some(idempotent) = batches.iter().find(|batch| batch.header().producer_id != NO_PRODUCER_ID) {
+        if batches.len() != 1 {
+            return Err(HandlerError::IdempotentBatchNotAlone);
+        }
+        let header = idempotent.header();
+        state.producer_ids.admit(header.producer_id, header.producer_epoch, now_ms())?;
     }
     Ok(Prepared { topic: Arc::clone(topic), partition, batches, n_records, n_bytes })
 }
@@ -282,17 +299,28 @@ fn partition_response(partition: u32, slot: Slot) -> ProducePartitionResponse {
                 last_offset: last,
                 log_append_time_ms: append_time_ms,
                 durability: i32::from(durability),
-                duplicate: false,
+                duplicate: ack.duplicate,
             }
         }
         Err(error) => {
             let (error_code, error_message) = item_error(&error);
+            count_rejection(error_code);
             ProducePartitionResponse { partition, error_code, error_message, ..ProducePartitionResponse::default() }
         }
     }
 }
 
-fn now_ms() -> i64 {
-    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
+/// Counts an idempotent producer's batch refused for its producer state, by the error code's name.
+fn count_rejection(error_code: u32) {
+    let Some(code) = error_code_from_wire(error_code) else { return };
+    if matches!(
+        code,
+        ErrorCode::OutOfOrderSequence
+            | ErrorCode::ProducerFenced
+            | ErrorCode::UnknownProducerId
+            | ErrorCode::ProducerIdLimit
+            | ErrorCode::InvalidProducerEpoch
+    ) {
+        metrics::counter!(PRODUCER_REJECTIONS_TOTAL, LABEL_REASON => code.name()).increment(1);
+    }
 }

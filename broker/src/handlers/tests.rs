@@ -21,7 +21,8 @@ fn handler_errors_map_to_the_documented_codes() {
     check(HandlerError::TopicDeleted, ErrorCode::UnknownTopicOrPartition);
     check(HandlerError::BatchTooLarge { len: 2, max: 1 }, ErrorCode::RecordBatchTooLarge);
     check(HandlerError::MessageTooLarge { len: 2, max: 1 }, ErrorCode::MessageTooLarge);
-    check(HandlerError::ProducerFieldsUnsupported, ErrorCode::InvalidRequest);
+    check(HandlerError::TransactionsUnsupported, ErrorCode::InvalidRequest);
+    check(HandlerError::IdempotentBatchNotAlone, ErrorCode::InvalidRequest);
     check(HandlerError::TimedOut { timeout: std::time::Duration::from_secs(1) }, ErrorCode::RequestTimedOut);
     check(HandlerError::ShuttingDown, ErrorCode::BrokerShuttingDown);
     check(HandlerError::Partitions(PartitionsError::TopicExists { name: "a".into() }), ErrorCode::TopicAlreadyExists);

@@ -33,8 +33,13 @@
 //! - `topics`, key: topic name. Value: id, partition count, per-topic config, created-at, state.
 //! - `consumer_offsets`, key: `u16` length, group, `u64` topic id, `u32` partition.
 //!   Value: offset, metadata, commit time.
-//! - `producer_state`, key: `u64` topic id, `u32` partition, `u64` producer id.
-//!   Value: a producer state snapshot (epoch, last batches' sequences and offsets).
+//! - `broker`, key `next_producer_id`: the next idempotent producer id to issue (ids start at 1; absent until the
+//!   first is issued).
+//! - `producer_ids`, key: `u64` producer id. Value: its epoch and when it was last seen (issued or wrote). Written
+//!   when an id is issued and by the registry's periodic persist; deleted when the id expires.
+//! - `producer_state`, key: `u64` topic id, `u32` partition.
+//!   Value: the partition's dedup-state snapshot: the log offset it covers up to, and per producer id its epoch,
+//!   last write time and last batches' sequences and offsets. Replaced by each new snapshot.
 //! - `txn_log`, key: transactional id. Value: producer id, epoch, state, partitions, commit or abort decision.
 //! - `txn_staged`, key: `u64` producer id, `u16` epoch, `u64` topic id, `u32` partition, `u32` batch index.
 //!   Value: a staged record batch.
@@ -44,7 +49,8 @@
 //!   Value: what to do when the timer is due. Keys sort by deadline, so the due timers come first.
 //! - `dedup_<bucket>`, key: `u64` topic id, dedup key. Value: partition and offset of the first copy.
 //!
-//! Only `broker` and `topics` are written today.
+//! `broker`, `topics`, `producer_ids` and `producer_state` are written today (`producers.rs` holds the producer
+//! entries).
 //! The other entries are the planned layout for the issues that fill them (consumer groups, idempotence,
 //! transactions, queue groups, message-id dedup); those issues may refine an entry and must update this list.
 //! `dedup_<bucket>` column families are created on demand, one per time bucket (`<bucket>` is the bucket's start
@@ -59,7 +65,10 @@
 //! never a panic.
 //! The store as a whole has a format version (in `broker/info`); a store written by a newer format is refused.
 
+mod producers;
 mod values;
+
+pub use producers::StoredProducerId;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -82,8 +91,10 @@ pub const CF_BROKER: &str = "broker";
 pub const CF_TOPICS: &str = "topics";
 /// Column family of committed consumer-group offsets (consumer-group issue).
 pub const CF_CONSUMER_OFFSETS: &str = "consumer_offsets";
-/// Column family of idempotent-producer state snapshots (idempotence issue).
+/// Column family of idempotent-producer state snapshots, one per partition.
 pub const CF_PRODUCER_STATE: &str = "producer_state";
+/// Column family of issued idempotent producer ids.
+pub const CF_PRODUCER_IDS: &str = "producer_ids";
 /// Column family of transaction states and commit decisions (transactions issue).
 pub const CF_TXN_LOG: &str = "txn_log";
 /// Column family of record batches staged by open transactions (transactions issue).
@@ -96,11 +107,12 @@ pub const CF_TIMERS: &str = "timers";
 pub const CF_DEDUP_PREFIX: &str = "dedup_";
 
 /// Every column family created on open if missing.
-pub const COLUMN_FAMILIES: [&str; 8] = [
+pub const COLUMN_FAMILIES: [&str; 9] = [
     CF_BROKER,
     CF_TOPICS,
     CF_CONSUMER_OFFSETS,
     CF_PRODUCER_STATE,
+    CF_PRODUCER_IDS,
     CF_TXN_LOG,
     CF_TXN_STAGED,
     CF_QUEUE_LEASES,
@@ -281,6 +293,8 @@ pub struct MetaStore {
     cf_names: BTreeSet<String>,
     /// The next topic id; the lock also serializes the read-check-write of topic creation and deletion.
     next_topic_id: Mutex<u64>,
+    /// The next producer id to issue.
+    next_producer_id: Mutex<u64>,
 }
 
 impl fmt::Debug for MetaStore {
@@ -332,7 +346,15 @@ impl MetaStore {
             None => return Err(corrupt(CF_BROKER, KEY_NEXT_TOPIC_ID, CorruptReason::Missing)),
         };
 
-        Ok(MetaStore { db, path: path.to_owned(), broker_info, cf_names, next_topic_id: Mutex::new(next_topic_id) })
+        let next_producer_id = MetaStore::read_next_producer_id(&db)?;
+        Ok(MetaStore {
+            db,
+            path: path.to_owned(),
+            broker_info,
+            cf_names,
+            next_topic_id: Mutex::new(next_topic_id),
+            next_producer_id: Mutex::new(next_producer_id),
+        })
     }
 
     /// The store directory.

@@ -11,9 +11,10 @@ use ferry_protocol::batch::split_batches;
 use ferry_protocol::messages::{
     ApiVersionsResponse, BrokerLimits, CreateTopicResult, CreateTopicsResponse, DeleteTopicResult,
     DeleteTopicsResponse, DescribeTopicsResponse, FetchPartitionResponse, FetchRequest, FetchResponse,
-    FetchTopicResponse, ListOffsetsPartitionResponse, ListOffsetsResponse, ListOffsetsTopicResponse,
-    ListTopicsResponse, ListedTopic, OffsetSpec, PartitionDescription, ProducePartitionResponse, ProduceRequest,
-    ProduceResponse, ProduceTopicResponse, TopicDescription, error_code_to_wire, supported_api_versions,
+    FetchTopicResponse, InitProducerIdResponse, ListOffsetsPartitionResponse, ListOffsetsResponse,
+    ListOffsetsTopicResponse, ListTopicsResponse, ListedTopic, OffsetSpec, PartitionDescription,
+    ProducePartitionResponse, ProduceRequest, ProduceResponse, ProduceTopicResponse, TopicDescription,
+    error_code_to_wire, supported_api_versions,
 };
 use ferry_protocol::{ApiKey, BatchBuilder, ErrorCode, FrameCodec, FrameHeader, NewRecord, Request, Response};
 use futures_util::StreamExt;
@@ -96,6 +97,8 @@ pub struct PartitionLog {
 pub struct Model {
     pub topics: BTreeMap<String, Vec<PartitionLog>>,
     pub limits: BrokerLimits,
+    /// Producer ids handed out by InitProducerId (the model does no dedup: it is the client's logic under test).
+    pub producer_ids_issued: u32,
 }
 
 pub struct PeerState {
@@ -136,7 +139,7 @@ impl Peer {
         let (forward, forwarded) = mpsc::channel(1024);
         let shared = Arc::new(Shared {
             state: Mutex::new(PeerState {
-                model: Model { topics: BTreeMap::new(), limits: default_limits() },
+                model: Model { topics: BTreeMap::new(), limits: default_limits(), producer_ids_issued: 0 },
                 log: Vec::new(),
                 n_connections: 0,
                 hook: None,
@@ -300,6 +303,17 @@ impl Model {
 
     fn handle(&mut self, request: &Request) -> Reply {
         match request {
+            Request::InitProducerId(_) => {
+                self.producer_ids_issued += 1;
+                Reply::Now(Response::InitProducerId(InitProducerIdResponse {
+                    error_code: 0,
+                    error_message: String::new(),
+                    producer_id: i64::from(self.producer_ids_issued),
+                    producer_epoch: 0,
+                    producer_id_expiration_ms: 24 * 3600 * 1000,
+                    batches_retained: 5,
+                }))
+            }
             Request::ApiVersions(_) => Reply::Now(Response::ApiVersions(ApiVersionsResponse {
                 error_code: 0,
                 api_versions: supported_api_versions(),

@@ -144,6 +144,30 @@ fn rebase_rewrites_in_place_when_unique_and_copies_when_shared() {
 }
 
 #[test]
+fn set_producer_stamps_the_header_and_keeps_the_checksum_valid() {
+    let mut batch = build(&sample_records(), ProducerFields::NONE);
+    assert_eq!(batch.header().last_sequence(), NO_SEQUENCE);
+    let producer = ProducerFields { producer_id: 42, producer_epoch: 3, base_sequence: SEQUENCE_MAX - 1 };
+    batch.set_producer(producer);
+    batch.rebase(100).unwrap();
+    let decoded = RecordBatch::decode(batch.as_bytes().clone()).unwrap();
+    assert_eq!(decoded.header().producer(), producer);
+    // Three records from SEQUENCE_MAX - 1: the last one wraps to 0.
+    assert_eq!(decoded.header().last_sequence(), 0);
+    check_round_trip(&sample_records(), &decoded);
+}
+
+proptest! {
+    #[test]
+    fn sequence_add_wraps_within_zero_to_max(sequence in 0..=SEQUENCE_MAX, n in any::<u32>()) {
+        let sum = sequence_add(sequence, n);
+        prop_assert!(sum >= 0);
+        let expected = (i64::from(sequence) + i64::from(n)) % (i64::from(SEQUENCE_MAX) + 1);
+        prop_assert_eq!(i64::from(sum), expected);
+    }
+}
+
+#[test]
 fn rebase_rejects_offsets_that_overflow() {
     let mut batch = build(&sample_records(), ProducerFields::NONE);
     assert!(batch.rebase(u64::MAX - 2).is_err());

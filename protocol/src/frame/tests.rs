@@ -277,7 +277,7 @@ fn decoded_body_is_a_slice_of_the_receive_buffer() {
 
 #[test]
 fn api_keys_are_stable() {
-    let expected: [(u16, &str); 8] = [
+    let expected: [(u16, &str); 9] = [
         (0, "api_versions"),
         (1, "create_topics"),
         (2, "delete_topics"),
@@ -286,6 +286,7 @@ fn api_keys_are_stable() {
         (5, "produce"),
         (6, "fetch"),
         (7, "list_offsets"),
+        (8, "init_producer_id"),
     ];
     assert_eq!(ApiKey::ALL.len(), expected.len());
     for (api, (key, name)) in ApiKey::ALL.into_iter().zip(expected) {

@@ -6,5 +6,6 @@ mod corruption;
 mod disk_full;
 mod fsync_failure;
 mod group_commit;
+mod idempotence;
 mod model;
 mod read;

@@ -1,0 +1,375 @@
+//! Producer state: one partition's dedup table for idempotent producers.
+//!
+//! Every batch of an idempotent producer carries its producer id, epoch and base sequence (the sequence of its first
+//! record; sequences count records per (producer id, partition) from 0 and wrap from `SEQUENCE_MAX` to 0). The table
+//! keeps, per producer id, its epoch, the sequence ranges and offsets of its last [`BATCHES_RETAINED`] batches, and when
+//! it last wrote. Before a batch is appended, [`ProducerTable::check`] decides:
+//!
+//! | the batch                                                          | verdict                                     |
+//! |--------------------------------------------------------------------|---------------------------------------------|
+//! | producer id unknown to the partition                               | append (the producer's first write here)    |
+//! | epoch older than the entry's                                       | [`ProducerError::Fenced`]                   |
+//! | epoch newer than the entry's, base sequence 0                      | append (a new epoch restarts the sequence)  |
+//! | epoch newer than the entry's, any other sequence                   | [`ProducerError::OutOfOrder`], expected 0   |
+//! | same first and last sequence as a retained batch                   | [`SequenceCheck::Duplicate`] with its offsets |
+//! | base sequence = last retained batch's last sequence + 1 (wrapping) | append                                      |
+//! | anything else                                                      | [`ProducerError::OutOfOrder`]               |
+//!
+//! The state changes only in [`ProducerTable::record`], called after the batch was appended (a rejected or failed
+//! batch never advances the sequence: the nisshi and Redpanda bugs where a rejected batch made the next one look like a
+//! duplicate). A producer id the partition does not know may start at any sequence: the broker's registry of issued
+//! producer ids has already refused ids that were never issued or that expired, and an entry expires only after
+//! `expiration` without a write, which is far longer than any retry may take, so no retry of a written batch can meet
+//! an expired entry.
+//!
+//! The table is bounded: at most `producers_max` entries (a new producer id over the limit gets
+//! [`ProducerError::TooManyProducers`]; a live producer's entry is never evicted to make room), each holding at most
+//! [`BATCHES_RETAINED`] batches. Entries expire after `expiration` without a write ([`ProducerTable::expire`]).
+//!
+//! Durability: the log is the source of truth. Every batch header holds what [`ProducerTable::record`] needs, so the
+//! table is rebuilt by replaying the headers of the log from a [`ProducerSnapshot`] (taken by the appender after a
+//! sync, so its offset never passes the durable end) to the end of the log.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_protocol::batch::{BatchHeader, NO_PRODUCER_ID, sequence_add, split_batches};
+
+use crate::config::{Clock, SystemClock};
+use crate::error::LogError;
+use crate::log::PartitionLog;
+
+/// How many batches per producer id and partition the table remembers: the most batches a producer may have in
+/// flight per partition and still have every retry recognised (Kafka's `NUM_BATCHES_TO_RETAIN`; Redpanda's fix for
+/// duplicates after retries, redpanda#3039, was to retain as many).
+pub const BATCHES_RETAINED: usize = 5;
+
+/// What the table remembers of one batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchMeta {
+    /// Sequence of the batch's first record.
+    pub first_sequence: i32,
+    /// Sequence of the batch's last record.
+    pub last_sequence: i32,
+    /// Offset of the batch's first record.
+    pub first_offset: u64,
+    /// Offset of the batch's last record.
+    pub last_offset: u64,
+}
+
+/// One producer id's state in a partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerEntry {
+    /// The newest epoch seen.
+    pub epoch: i32,
+    /// The last batches written in that epoch, oldest first; never empty, at most [`BATCHES_RETAINED`].
+    pub batches: VecDeque<BatchMeta>,
+    /// When the producer last wrote to the partition, in ms since the Unix epoch (the broker's clock).
+    pub last_write_ms: i64,
+}
+
+impl ProducerEntry {
+    /// The sequence the next batch must start with.
+    pub fn next_sequence(&self) -> i32 {
+        self.batches.back().map_or(0, |batch| sequence_add(batch.last_sequence, 1))
+    }
+}
+
+/// What to do with a batch that passed the check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SequenceCheck {
+    /// A new batch: append it, then [`ProducerTable::record`] it.
+    Append,
+    /// A retry of a batch already written: write nothing, answer with these offsets (first, last).
+    Duplicate {
+        /// Offset of the original batch's first record.
+        first_offset: u64,
+        /// Offset of the original batch's last record.
+        last_offset: u64,
+    },
+}
+
+/// Why a batch of an idempotent producer was refused. Nothing was written and the state did not change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ProducerError {
+    /// The base sequence does not follow the producer's last batch: an earlier batch is missing.
+    #[error("out of order sequence: expected {expected}, received {received}")]
+    OutOfOrder {
+        /// The sequence the next batch must start with.
+        expected: i32,
+        /// The batch's base sequence.
+        received: i32,
+    },
+    /// A newer epoch of the producer id wrote to the partition: this producer is a zombie.
+    #[error("producer fenced: epoch {received} is older than the current epoch {current}")]
+    Fenced {
+        /// The producer id's current epoch.
+        current: i32,
+        /// The batch's epoch.
+        received: i32,
+    },
+    /// The partition already holds state for `max` producer ids; a new one is refused rather than evicting a live one.
+    #[error("the partition tracks its maximum of {max} producer ids")]
+    TooManyProducers {
+        /// The limit.
+        max: usize,
+    },
+    /// The batch's producer fields are not valid (a negative epoch or sequence with a producer id).
+    #[error("invalid producer fields: {reason}")]
+    InvalidFields {
+        /// What is wrong.
+        reason: &'static str,
+    },
+}
+
+/// The state of every producer id in a partition at a point of its log: what replaying the log below `offset` gives
+/// (minus expired entries). Stored by the broker so that a restart replays only the log after `offset`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProducerSnapshot {
+    /// The log end offset when the snapshot was taken: it covers every batch below.
+    pub offset: u64,
+    /// Every producer id's entry, in producer id order.
+    pub entries: Vec<(i64, ProducerEntry)>,
+}
+
+/// The dedup table of one partition (see the module docs). Owned by the partition's appender thread.
+#[derive(Debug, Clone)]
+pub struct ProducerTable {
+    entries: HashMap<i64, ProducerEntry>,
+    producers_max: usize,
+}
+
+impl ProducerTable {
+    /// An empty table that tracks at most `producers_max` producer ids.
+    pub fn new(producers_max: usize) -> ProducerTable {
+        ProducerTable { entries: HashMap::new(), producers_max }
+    }
+
+    /// A table holding a snapshot's entries (entries beyond `producers_max` are kept: they were live when taken).
+    pub fn from_snapshot(snapshot: &ProducerSnapshot, producers_max: usize) -> ProducerTable {
+        ProducerTable { entries: snapshot.entries.iter().cloned().collect(), producers_max }
+    }
+
+    /// Producer ids tracked.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no producer id is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The entry of a producer id.
+    pub fn get(&self, producer_id: i64) -> Option<&ProducerEntry> {
+        self.entries.get(&producer_id)
+    }
+
+    /// Decides what to do with a batch of an idempotent producer (`header.producer_id` is not -1). Pure: the table
+    /// changes only in [`ProducerTable::record`].
+    pub fn check(&self, header: &BatchHeader) -> Result<SequenceCheck, ProducerError> {
+        check_fields(header)?;
+        let (epoch, first, last) = (header.producer_epoch, header.base_sequence, header.last_sequence());
+        let Some(entry) = self.entries.get(&header.producer_id) else {
+            if self.entries.len() >= self.producers_max {
+                return Err(ProducerError::TooManyProducers { max: self.producers_max });
+            }
+            return Ok(SequenceCheck::Append);
+        };
+        if epoch < entry.epoch {
+            return Err(ProducerError::Fenced { current: entry.epoch, received: epoch });
+        }
+        if epoch > entry.epoch {
+            return match first {
+                0 => Ok(SequenceCheck::Append),
+                received => Err(ProducerError::OutOfOrder { expected: 0, received }),
+            };
+        }
+        if let Some(original) =
+            entry.batches.iter().find(|batch| batch.first_sequence == first && batch.last_sequence == last)
+        {
+            return Ok(SequenceCheck::Duplicate {
+                first_offset: original.first_offset,
+                last_offset: original.last_offset,
+            });
+        }
+        let expected = entry.next_sequence();
+        if first == expected {
+            Ok(SequenceCheck::Append)
+        } else {
+            Err(ProducerError::OutOfOrder { expected, received: first })
+        }
+    }
+
+    /// Records a batch that was appended (its header carries its assigned offsets), written at `now_ms`.
+    /// Headers without a producer id are ignored, so replaying a log can pass every batch.
+    pub fn record(&mut self, header: &BatchHeader, now_ms: i64) {
+        if header.producer_id == NO_PRODUCER_ID || check_fields(header).is_err() {
+            return;
+        }
+        let batch = BatchMeta {
+            first_sequence: header.base_sequence,
+            last_sequence: header.last_sequence(),
+            first_offset: header.base_offset,
+            last_offset: header.last_offset(),
+        };
+        let entry = self.entries.entry(header.producer_id).or_insert_with(|| ProducerEntry {
+            epoch: header.producer_epoch,
+            batches: VecDeque::with_capacity(BATCHES_RETAINED),
+            last_write_ms: now_ms,
+        });
+        if header.producer_epoch > entry.epoch {
+            entry.epoch = header.producer_epoch;
+            entry.batches.clear();
+        }
+        if entry.batches.len() == BATCHES_RETAINED {
+            entry.batches.pop_front();
+        }
+        entry.batches.push_back(batch);
+        entry.last_write_ms = entry.last_write_ms.max(now_ms);
+    }
+
+    /// Drops the entries of producers that have not written since `now_ms - expiration_ms`; returns how many.
+    pub fn expire(&mut self, now_ms: i64, expiration_ms: i64) -> usize {
+        let before = self.entries.len();
+        let cutoff = now_ms.saturating_sub(expiration_ms);
+        self.entries.retain(|_, entry| entry.last_write_ms > cutoff);
+        before - self.entries.len()
+    }
+
+    /// The table as a snapshot at log offset `offset`.
+    pub fn snapshot(&self, offset: u64) -> ProducerSnapshot {
+        let mut entries: Vec<(i64, ProducerEntry)> =
+            self.entries.iter().map(|(id, entry)| (*id, entry.clone())).collect();
+        entries.sort_unstable_by_key(|(id, _)| *id);
+        ProducerSnapshot { offset, entries }
+    }
+}
+
+/// Limits and timers of a partition's producer state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerStateConfig {
+    /// Most producer ids one partition tracks; a new one over it is refused ([`ProducerError::TooManyProducers`]).
+    pub producers_max: usize,
+    /// How long a producer id's entry lives without a write. Must be far longer than any producer's delivery timeout:
+    /// a retry that arrives after its entry expired is no longer recognised.
+    pub expiration: Duration,
+    /// Longest time between two snapshots while producers write.
+    pub snapshot_interval: Duration,
+    /// Bytes appended after which a snapshot is taken at the next sync: the most of the log a restart replays.
+    pub snapshot_bytes: u64,
+}
+
+impl Default for ProducerStateConfig {
+    fn default() -> ProducerStateConfig {
+        ProducerStateConfig {
+            producers_max: 100_000,
+            expiration: Duration::from_secs(24 * 60 * 60),
+            snapshot_interval: Duration::from_secs(60),
+            snapshot_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Where a partition's appender stores producer snapshots (the broker: its metadata store).
+pub trait SnapshotSink: Send + Sync + fmt::Debug {
+    /// Stores the snapshot durably, replacing the previous one. A failure is logged and retried at the next snapshot:
+    /// the log stays the source of truth, a restart just replays more of it.
+    fn save(&self, snapshot: &ProducerSnapshot) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
+}
+
+/// How an appender sets up its producer state.
+#[derive(Debug, Clone)]
+pub struct ProducerSetup {
+    /// Limits and timers.
+    pub config: ProducerStateConfig,
+    /// The last stored snapshot, if any; replay starts at its offset.
+    pub snapshot: Option<ProducerSnapshot>,
+    /// Where new snapshots go; `None` takes none (a restart then replays the whole log).
+    pub sink: Option<Arc<dyn SnapshotSink>>,
+    /// The clock for write times and expiry.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for ProducerSetup {
+    fn default() -> ProducerSetup {
+        ProducerSetup {
+            config: ProducerStateConfig::default(),
+            snapshot: None,
+            sink: None,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// What rebuilding the producer state at startup did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RebuildReport {
+    /// Whether a snapshot was used (`false`: none stored, or its offset was past the recovered end of the log).
+    pub from_snapshot: bool,
+    /// The offset replay started at.
+    pub replayed_from: u64,
+    /// Batches replayed.
+    pub batches_replayed: u64,
+    /// Producer ids tracked afterwards.
+    pub producers: usize,
+}
+
+/// Replay reads at most this many bytes at a time.
+const REPLAY_READ_BYTES: u32 = 4 * 1024 * 1024;
+
+/// Rebuilds a partition's producer table: the snapshot's entries, then every batch of the log from the snapshot's
+/// offset (or from the start of the log, without a usable snapshot) to its end.
+///
+/// A snapshot whose offset is past the end of the log (a crash took back unsynced batches it had seen, possible only
+/// with fsync `never` or `interval`) is ignored: replaying the whole log is always correct. Replayed entries count as
+/// written now, so they cannot expire before a client could have retried.
+pub fn rebuild(log: &dyn PartitionLog, setup: &ProducerSetup) -> Result<(ProducerTable, RebuildReport), LogError> {
+    let now_ms = setup.clock.now_ms();
+    let (start, end) = (log.start_offset(), log.end_offset());
+    let usable = setup.snapshot.as_ref().filter(|snapshot| snapshot.offset <= end);
+    let (mut table, mut from) = match usable {
+        Some(snapshot) => {
+            (ProducerTable::from_snapshot(snapshot, setup.config.producers_max), snapshot.offset.max(start))
+        }
+        None => (ProducerTable::new(setup.config.producers_max), start),
+    };
+    let replayed_from = from;
+    let mut batches_replayed = 0u64;
+    while from < end {
+        let slice = log.read(from, REPLAY_READ_BYTES)?;
+        if slice.next_offset <= from {
+            break;
+        }
+        for batch in split_batches(slice.bytes) {
+            let batch = batch.map_err(|source| LogError::Corrupt { path: "replay".into(), position: from, source })?;
+            // The first batch of a read may start below `from` (a read never splits a batch): it was replayed already.
+            if batch.base_offset() >= from {
+                table.record(batch.header(), now_ms);
+                batches_replayed += 1;
+            }
+        }
+        from = slice.next_offset;
+    }
+    let report =
+        RebuildReport { from_snapshot: usable.is_some(), replayed_from, batches_replayed, producers: table.len() };
+    Ok((table, report))
+}
+
+fn check_fields(header: &BatchHeader) -> Result<(), ProducerError> {
+    if header.producer_id < 0 {
+        return Err(ProducerError::InvalidFields { reason: "negative producer id" });
+    }
+    if header.producer_epoch < 0 {
+        return Err(ProducerError::InvalidFields { reason: "negative producer epoch" });
+    }
+    if header.base_sequence < 0 {
+        return Err(ProducerError::InvalidFields { reason: "negative base sequence" });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
