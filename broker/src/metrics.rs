@@ -66,10 +66,10 @@ pub const LOG_SIZE_BYTES: &str = "ferry_log_size_bytes";
 /// Gauge of producer ids alive in the broker's registry (issued and not expired); refreshed on each
 /// InitProducerId and every 10 s.
 pub const PRODUCER_IDS_ACTIVE: &str = "ferry_producer_ids_active";
-/// Counter of duplicate batches or records dropped, by `reason`: `sequence` (an idempotent producer's retry of a
+/// Counter of duplicate batches or records dropped, by `topic` and `reason`: `sequence` (an idempotent producer's retry of a
 /// batch already written, answered with the original offsets), `dedup_key` (message-id dedup).
 pub const DUPLICATES_DROPPED_TOTAL: &str = "ferry_duplicates_dropped_total";
-/// Counter of idempotent batches refused for their producer state, by `reason`: the error code's name
+/// Counter of idempotent batches refused for their producer state, by `topic` and `reason`: the error code's name
 /// (`OUT_OF_ORDER_SEQUENCE`, `PRODUCER_FENCED`, `UNKNOWN_PRODUCER_ID`, `PRODUCER_ID_LIMIT`, `INVALID_PRODUCER_EPOCH`).
 pub const PRODUCER_REJECTIONS_TOTAL: &str = "ferry_producer_rejections_total";
 /// Gauge of open transactions.

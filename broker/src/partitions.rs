@@ -57,8 +57,8 @@ use tokio::task::JoinSet;
 use crate::config::Config;
 use crate::meta::{MetaError, MetaStore};
 use crate::metrics::{
-    FETCH_BYTES_TOTAL, FETCH_RECORDS_TOTAL, LABEL_PARTITION, LABEL_TOPIC, LOG_END_OFFSET, LOG_SIZE_BYTES,
-    PRODUCE_BYTES_TOTAL, PRODUCE_RECORDS_TOTAL,
+    DUPLICATES_DROPPED_TOTAL, FETCH_BYTES_TOTAL, FETCH_RECORDS_TOTAL, LABEL_PARTITION, LABEL_REASON, LABEL_TOPIC,
+    LOG_END_OFFSET, LOG_SIZE_BYTES, PRODUCE_BYTES_TOTAL, PRODUCE_RECORDS_TOTAL,
 };
 use crate::topic::{TopicConfig, TopicConfigError, TopicRecord, TopicSpec, TopicState};
 
@@ -224,6 +224,8 @@ pub struct TopicMetrics {
     pub fetch_bytes: Counter,
     /// `ferry_fetch_records_total{topic}`.
     pub fetch_records: Counter,
+    /// `ferry_duplicates_dropped_total{topic, reason="sequence"}`.
+    pub duplicates_sequence: Counter,
 }
 
 impl TopicMetrics {
@@ -233,6 +235,9 @@ impl TopicMetrics {
             produce_records: metrics::counter!(PRODUCE_RECORDS_TOTAL, LABEL_TOPIC => topic.to_owned()),
             fetch_bytes: metrics::counter!(FETCH_BYTES_TOTAL, LABEL_TOPIC => topic.to_owned()),
             fetch_records: metrics::counter!(FETCH_RECORDS_TOTAL, LABEL_TOPIC => topic.to_owned()),
+            duplicates_sequence: metrics::counter!(
+                DUPLICATES_DROPPED_TOTAL, LABEL_TOPIC => topic.to_owned(), LABEL_REASON => "sequence"
+            ),
         }
     }
 }

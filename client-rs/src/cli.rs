@@ -3,8 +3,8 @@
 //! ```text
 //! ferry [--broker ADDR] topic create NAME [--partitions N] [--config KEY=VALUE]...
 //! ferry [--broker ADDR] topic list | topic describe NAME | topic delete NAME
-//! ferry [--broker ADDR] produce TOPIC [--partition P] [--key-separator SEP] [--acks none|all] [--linger-ms MS]
-//!       [--delivery-timeout-ms MS]
+//! ferry [--broker ADDR] produce TOPIC [--partition P] [--key-separator SEP] [--acks none|all] [--idempotent]
+//!       [--linger-ms MS] [--delivery-timeout-ms MS]
 //! ferry [--broker ADDR] consume TOPIC [--from-beginning] [--max-messages N] [--idle-timeout-ms MS] [--print-key]
 //!       [--print-offset] [--partition P]
 //! ```
@@ -141,8 +141,9 @@ pub struct ProduceArgs {
     /// How long a line may take to be acknowledged, retries and broker restarts included, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 120_000)]
     pub delivery_timeout_ms: u64,
-    /// Idempotent producer (not supported yet).
-    #[arg(long, hide = true)]
+    /// Idempotent producer: every line written exactly once and in order despite retries and broker restarts.
+    /// The default with `--acks all`; refused with `--acks none`.
+    #[arg(long)]
     pub idempotent: bool,
     /// Transactional producer (not supported yet).
     #[arg(long, hide = true, value_name = "ID")]
@@ -404,8 +405,11 @@ async fn produce(
     mut stdin: impl AsyncBufRead + Unpin,
     stderr: &mut (impl AsyncWrite + Unpin),
 ) -> Result<(), CliError> {
-    if args.idempotent {
-        return Err(not_supported("--idempotent", "idempotent producers arrive in a later release"));
+    if args.idempotent && args.acks == AcksArg::None {
+        return Err(CliError::Client(ClientError::InvalidConfig {
+            field: "idempotence",
+            reason: "--idempotent needs --acks all".to_owned(),
+        }));
     }
     if args.transactional_id.is_some() || args.txn_size.is_some() {
         return Err(not_supported("--transactional-id", TRANSACTIONS_LATER));
@@ -416,6 +420,8 @@ async fn produce(
     };
     let config = ProducerConfig {
         acks,
+        // Idempotence is the default with acks=all (--idempotent only makes it explicit); acks=none cannot have it.
+        idempotence: acks == Acks::All,
         linger: Duration::from_millis(args.linger_ms),
         delivery_timeout: Duration::from_millis(args.delivery_timeout_ms),
         ..ProducerConfig::default()

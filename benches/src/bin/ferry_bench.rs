@@ -71,7 +71,8 @@ struct Cli {
     /// Records sent before measuring starts (not counted).
     #[arg(long, default_value_t = 0)]
     warmup: u64,
-    /// Idempotent producer (arrives with the idempotence issue).
+    /// Idempotent producers (producer ids and sequence numbers; needs --acks all). Off by default so that runs with
+    /// and without it can be compared.
     #[arg(long)]
     idempotent: bool,
     /// Transactional producer (arrives with the transactions issue).
@@ -107,10 +108,11 @@ struct Outcome {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if cli.idempotent || cli.transactional {
-        bail!(
-            "--idempotent and --transactional are not supported yet: they arrive with the idempotence and transaction issues"
-        );
+    if cli.transactional {
+        bail!("--transactional is not supported yet: it arrives with the transaction issue");
+    }
+    if cli.idempotent && cli.acks == AcksArg::None {
+        bail!("--idempotent needs --acks all");
     }
     if cli.scenario == Scenario::EndToEnd && cli.message_size < 16 {
         bail!("end-to-end needs --message-size of at least 16 (the value carries its send time)");
@@ -148,6 +150,7 @@ fn producer_config(cli: &Cli) -> ProducerConfig {
         },
         linger: Duration::from_millis(cli.linger_ms),
         batch_bytes_max: cli.batch_bytes,
+        idempotence: cli.idempotent,
         ..ProducerConfig::default()
     }
 }
@@ -356,7 +359,7 @@ fn print_outcome(cli: &Cli, outcome: &Outcome) {
             "{{\"scenario\":\"{scenario}\",\"messages\":{},\"seconds\":{seconds:.3},\"messages_per_sec\":{messages_per_sec:.1},\
              \"mb_per_sec\":{mb_per_sec:.2},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"max_ms\":{:.3},\
              \"partitions\":{},\"producers\":{},\"consumers\":{},\"message_size\":{},\"batch_bytes\":{},\"linger_ms\":{},\
-             \"acks\":\"{acks}\",\"warmup\":{},\"cores\":{cores}}}",
+             \"acks\":\"{acks}\",\"idempotent\":{},\"warmup\":{},\"cores\":{cores}}}",
             outcome.messages,
             ms(0.5),
             ms(0.99),
@@ -368,18 +371,20 @@ fn print_outcome(cli: &Cli, outcome: &Outcome) {
             cli.message_size,
             cli.batch_bytes,
             cli.linger_ms,
+            cli.idempotent,
             cli.warmup,
         );
         return;
     }
     println!(
         "ferry-bench {scenario}: {} records of {} B, {} partitions, {} producers, {} consumers, acks={acks}, \
-         linger {} ms, batch {} B, {cores} cores",
+         idempotent={}, linger {} ms, batch {} B, {cores} cores",
         outcome.messages,
         cli.message_size,
         cli.partitions,
         cli.producers,
         cli.consumers,
+        cli.idempotent,
         cli.linger_ms,
         cli.batch_bytes
     );
@@ -394,7 +399,7 @@ fn print_outcome(cli: &Cli, outcome: &Outcome) {
     println!(
         "  reproduce: cargo run --release -p ferry-bench --bin ferry-bench -- {scenario} --broker {} --topic {} \
          --partitions {} --producers {} --consumers {} --messages {} --message-size {} --batch-bytes {} --linger-ms {} \
-         --acks {acks} --warmup {}",
+         --acks {acks} --warmup {}{}",
         cli.broker,
         cli.topic,
         cli.partitions,
@@ -404,6 +409,7 @@ fn print_outcome(cli: &Cli, outcome: &Outcome) {
         cli.message_size,
         cli.batch_bytes,
         cli.linger_ms,
-        cli.warmup
+        cli.warmup,
+        if cli.idempotent { " --idempotent" } else { "" }
     );
 }

@@ -68,7 +68,7 @@ pub struct AppendAck {
 type Reply = oneshot::Sender<Result<AppendAck, LogError>>;
 
 enum Command {
-    Append { batches: Vec<RecordBatch>, reply: Reply },
+    Append { batches: Vec<RecordBatch>, reply: Reply, deadline: Option<Instant> },
     Shutdown,
 }
 
@@ -115,15 +115,28 @@ impl AppendHandle {
 
     /// Queues an append, waiting (async) while the queue is full.
     pub async fn submit(&self, batches: Vec<RecordBatch>) -> Result<PendingAck, LogError> {
+        self.submit_until(batches, None).await
+    }
+
+    /// Queues an append that must not be applied after `deadline`: if the appender takes it later, it writes nothing
+    /// and answers [`LogError::DeadlinePassed`]. So a request its sender has given up on (and may resend under
+    /// another identity) can never be written afterwards.
+    pub async fn submit_until(
+        &self,
+        batches: Vec<RecordBatch>,
+        deadline: Option<Instant>,
+    ) -> Result<PendingAck, LogError> {
         let (reply, receiver) = oneshot::channel();
-        self.sender.send(Command::Append { batches, reply }).await.map_err(|_| self.closed_error())?;
+        self.sender.send(Command::Append { batches, reply, deadline }).await.map_err(|_| self.closed_error())?;
         Ok(PendingAck { reply: receiver })
     }
 
     /// Queues an append, blocking the thread while the queue is full. Must not be called from async code.
     pub fn blocking_submit(&self, batches: Vec<RecordBatch>) -> Result<PendingAck, LogError> {
         let (reply, receiver) = oneshot::channel();
-        self.sender.blocking_send(Command::Append { batches, reply }).map_err(|_| self.closed_error())?;
+        self.sender
+            .blocking_send(Command::Append { batches, reply, deadline: None })
+            .map_err(|_| self.closed_error())?;
         Ok(PendingAck { reply: receiver })
     }
 
@@ -418,7 +431,7 @@ impl<L: PartitionLog> AppenderLoop<L> {
         loop {
             let first = match self.receive(Some(self.next_deadline())) {
                 Received::Command(Command::Shutdown) | Received::Closed => break,
-                Received::Command(Command::Append { batches, reply }) => (batches, reply),
+                Received::Command(Command::Append { batches, reply, deadline }) => (batches, reply, deadline),
                 Received::Timeout => {
                     self.timers();
                     continue;
@@ -429,9 +442,9 @@ impl<L: PartitionLog> AppenderLoop<L> {
             let mut shutdown = false;
             while group_bytes < self.config.group_bytes_max {
                 match self.receiver.try_recv() {
-                    Ok(Command::Append { batches, reply }) => {
+                    Ok(Command::Append { batches, reply, deadline }) => {
                         group_bytes += batches.iter().map(|b| u64::from(b.len_bytes())).sum::<u64>();
-                        group.push((batches, reply));
+                        group.push((batches, reply, deadline));
                     }
                     Ok(Command::Shutdown) => {
                         shutdown = true;
@@ -459,12 +472,17 @@ impl<L: PartitionLog> AppenderLoop<L> {
     }
 
     /// Appends every request of the group, syncs once (policy `always`), then replies to each.
-    fn commit_group(&mut self, group: Vec<(Vec<RecordBatch>, Reply)>) {
+    fn commit_group(&mut self, group: Vec<(Vec<RecordBatch>, Reply, Option<Instant>)>) {
         let mut appended: Vec<(Reply, Vec<OffsetRange>, bool)> = Vec::with_capacity(group.len());
         let mut fatal: Option<Arc<LogError>> = None;
-        for (mut batches, reply) in group {
+        let now = Instant::now();
+        for (mut batches, reply, deadline) in group {
             if let Some(cause) = &fatal {
                 let _ = reply.send(Err(LogError::Failed { cause: Arc::clone(cause) }));
+                continue;
+            }
+            if deadline.is_some_and(|deadline| deadline <= now) {
+                let _ = reply.send(Err(LogError::DeadlinePassed));
                 continue;
             }
             match self.plan(&batches) {

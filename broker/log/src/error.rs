@@ -140,6 +140,9 @@ pub enum LogError {
     /// The appender thread is gone (it exited or panicked) before answering.
     #[error("partition appender is gone")]
     AppenderGone,
+    /// The append's deadline passed before the appender took it; nothing was written.
+    #[error("the append's deadline passed before it was applied; nothing was written")]
+    DeadlinePassed,
     /// An idempotent producer's batch was refused by the partition's dedup table; nothing was written.
     #[error(transparent)]
     Producer(#[from] ProducerError),

@@ -179,6 +179,7 @@ fn log_error_code(error: &LogError) -> ErrorCode {
         LogError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
         LogError::BatchTooLarge { .. } => ErrorCode::RecordBatchTooLarge,
         LogError::InvalidConfig { .. } => ErrorCode::Unknown,
+        LogError::DeadlinePassed => ErrorCode::RequestTimedOut,
         LogError::Producer(ProducerError::OutOfOrder { .. }) => ErrorCode::OutOfOrderSequence,
         LogError::Producer(ProducerError::Fenced { .. }) => ErrorCode::ProducerFenced,
         LogError::Producer(ProducerError::TooManyProducers { .. }) => ErrorCode::ProducerIdLimit,

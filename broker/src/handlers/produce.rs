@@ -19,6 +19,8 @@
 //!    their validation still runs in parallel.
 //! 3. Submit each valid partition's batches to its appender ([`ferry_log::AppendHandle::submit`]: waits while the
 //!    partition's queue is full, which is the partition's back-pressure), then pass the turn on.
+//!    An append the appender takes only after the request's deadline writes nothing (`REQUEST_TIMED_OUT`): a produce
+//!    request is never applied after its timeout, which idempotent producers rely on when they reset.
 //! 4. Wait for each acknowledgement, all within the request's timeout (`timeout_ms`, or `server.request_timeout_ms`,
 //!    which also caps it); an acknowledgement that does not come in time is `REQUEST_TIMED_OUT` (outcome unknown).
 //! 5. Answer with the first and last offsets, the append time and the durability achieved; with acks=none nothing
@@ -40,7 +42,7 @@ use tokio::sync::oneshot;
 use tokio::time::{Instant, timeout_at};
 
 use super::{HandlerError, REQUEST_ITEMS_MAX, item_error, log_error, now_ms};
-use crate::metrics::{DUPLICATES_DROPPED_TOTAL, LABEL_REASON, PRODUCER_REJECTIONS_TOTAL};
+use crate::metrics::{LABEL_REASON, LABEL_TOPIC, PRODUCER_REJECTIONS_TOTAL};
 use crate::partitions::Topic;
 use crate::server::ServerState;
 
@@ -153,7 +155,8 @@ pub(crate) async fn handle(
             };
             let batches = std::mem::take(&mut prepared.batches);
             let handle = prepared.topic.partitions[partition_idx(prepared.partition)].append_handle();
-            *slot = match timeout_at(deadline, handle.submit(batches)).await {
+            // Never applied after the deadline: a producer that gave up on the request may send it again differently.
+            *slot = match timeout_at(deadline, handle.submit_until(batches, Some(deadline.into_std()))).await {
                 Ok(Ok(pending)) => Slot::Submitted { prepared, pending },
                 Ok(Err(error)) => Slot::Done(Err(log_error(state, error))),
                 Err(_) => Slot::Done(Err(HandlerError::TimedOut { timeout })),
@@ -174,7 +177,7 @@ pub(crate) async fn handle(
             let result = match timeout_at(deadline, pending.wait()).await {
                 Ok(Ok(ack)) => {
                     if ack.duplicate {
-                        metrics::counter!(DUPLICATES_DROPPED_TOTAL, LABEL_REASON => "sequence").increment(1);
+                        prepared.topic.metrics.duplicates_sequence.increment(1);
                     } else {
                         record_append(&prepared);
                     }
@@ -192,9 +195,10 @@ pub(crate) async fn handle(
         error_code: 0,
         topics: topics
             .into_iter()
-            .map(|(name, slots)| ProduceTopicResponse {
-                name,
-                partitions: slots.into_iter().map(|(partition, slot)| partition_response(partition, slot)).collect(),
+            .map(|(name, slots)| {
+                let partitions =
+                    slots.into_iter().map(|(partition, slot)| partition_response(&name, partition, slot)).collect();
+                ProduceTopicResponse { name, partitions }
             })
             .collect(),
     };
@@ -278,7 +282,7 @@ fn record_append(prepared: &Prepared) {
     }
 }
 
-fn partition_response(partition: u32, slot: Slot) -> ProducePartitionResponse {
+fn partition_response(topic: &str, partition: u32, slot: Slot) -> ProducePartitionResponse {
     let result = match slot {
         Slot::Done(result) => result,
         Slot::Prepared(_) | Slot::Submitted { .. } => unreachable!("every slot is done before the response is built"),
@@ -304,14 +308,14 @@ fn partition_response(partition: u32, slot: Slot) -> ProducePartitionResponse {
         }
         Err(error) => {
             let (error_code, error_message) = item_error(&error);
-            count_rejection(error_code);
+            count_rejection(topic, error_code);
             ProducePartitionResponse { partition, error_code, error_message, ..ProducePartitionResponse::default() }
         }
     }
 }
 
 /// Counts an idempotent producer's batch refused for its producer state, by the error code's name.
-fn count_rejection(error_code: u32) {
+fn count_rejection(topic: &str, error_code: u32) {
     let Some(code) = error_code_from_wire(error_code) else { return };
     if matches!(
         code,
@@ -321,6 +325,8 @@ fn count_rejection(error_code: u32) {
             | ErrorCode::ProducerIdLimit
             | ErrorCode::InvalidProducerEpoch
     ) {
-        metrics::counter!(PRODUCER_REJECTIONS_TOTAL, LABEL_REASON => code.name()).increment(1);
+        // These codes arise only after the topic was found, so label values stay bounded by the topic limit.
+        metrics::counter!(PRODUCER_REJECTIONS_TOTAL, LABEL_TOPIC => topic.to_owned(), LABEL_REASON => code.name())
+            .increment(1);
     }
 }

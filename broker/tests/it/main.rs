@@ -16,5 +16,6 @@ mod binary;
 mod crash;
 mod end_to_end;
 mod harness;
+mod idempotence;
 mod in_process;
 mod support;

@@ -21,14 +21,21 @@
 //!
 //! # Ordering and delivery guarantees
 //!
-//! - With `acks = All` (the default) a record's future resolves with its offset once the broker acknowledged it
-//!   (durable per the topic's fsync policy). A retry after a lost connection or a timeout may append a batch twice
-//!   (at-least-once); idempotent producers, a later issue, will remove those duplicates.
-//! - With `max_in_flight_per_partition = 1` (the default) records of one partition are appended in `send` order,
-//!   retries included. Up to 5 is allowed for throughput, but then a retried batch can land after a batch sent
-//!   after it: without idempotence, a retry can reorder.
-//! - With `acks = None` the broker sends no response: the future resolves (with no offset) once the request was
-//!   written to the socket. Nothing tells the producer about a failed append (at-most-once).
+//! - **Idempotent** (the default: `idempotence = true`, `acks = All`): the producer takes a producer id from the
+//!   broker (`InitProducerId`) and stamps each batch with it and with the batch's sequence number in its partition.
+//!   The broker writes each batch once however often it is retried (a retry is answered with the original offsets)
+//!   and refuses a batch whose predecessor is missing, so with up to 5 batches in flight per partition records are
+//!   appended exactly once and in `send` order. A record either resolves with its offset or fails with an error
+//!   (never silently lost); a record that fails with `DeliveryTimeout` after its batch was sent has an unknown
+//!   outcome (it may have been written), and only that case can turn into a duplicate if the application sends it
+//!   again. See the `worker` module docs for how sequences, retries and resets work.
+//! - With `idempotence = false` and `acks = All` a record's future resolves with its offset once the broker
+//!   acknowledged it (durable per the topic's fsync policy), but a retry after a lost connection or a timeout may
+//!   append a batch twice (at-least-once), and with more than one request in flight per partition a retried batch
+//!   can land after a batch sent after it.
+//! - With `acks = None` (which needs `idempotence = false`) the broker sends no response: the future resolves (with
+//!   no offset) once the request was written to the socket. Nothing tells the producer about a failed append
+//!   (at-most-once).
 
 mod worker;
 
@@ -104,9 +111,13 @@ pub struct ProducerConfig {
     pub retry_backoff_initial: Duration,
     /// Largest delay between retries of a batch. Default 1 s.
     pub retry_backoff_max: Duration,
-    /// Most produce requests in flight per partition, 1 to 5. Default 1, which keeps records in order across
-    /// retries; above 1 a retry can reorder batches (no idempotence yet).
+    /// Most produce requests in flight per partition, 1 to 5 (the broker remembers the last 5 batches of each
+    /// idempotent producer per partition). Default 5. With idempotence records stay in order whatever the value;
+    /// without it, above 1 a retry can reorder batches.
     pub max_in_flight_per_partition: u32,
+    /// Whether the producer is idempotent: every batch written exactly once and in order despite retries (see the
+    /// module docs). Default `true`; needs `acks = All`.
+    pub idempotence: bool,
     /// The connection settings (request timeout, reconnection backoff).
     pub connection: ConnectionConfig,
 }
@@ -121,7 +132,8 @@ impl Default for ProducerConfig {
             delivery_timeout: Duration::from_secs(120),
             retry_backoff_initial: Duration::from_millis(100),
             retry_backoff_max: Duration::from_secs(1),
-            max_in_flight_per_partition: 1,
+            max_in_flight_per_partition: MAX_IN_FLIGHT_PER_PARTITION_MAX,
+            idempotence: true,
             connection: ConnectionConfig::default(),
         }
     }
@@ -149,6 +161,9 @@ impl ProducerConfig {
         }
         if !(1..=MAX_IN_FLIGHT_PER_PARTITION_MAX).contains(&self.max_in_flight_per_partition) {
             return invalid("max_in_flight_per_partition", "must be in 1..=5");
+        }
+        if self.idempotence && self.acks == Acks::None {
+            return invalid("idempotence", "needs acks = All (set idempotence = false for acks = None)");
         }
         self.connection.validate()
     }
@@ -345,7 +360,7 @@ impl Producer {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
     /// let producer = Producer::new("127.0.0.1:7070", ProducerConfig::default()).unwrap();
-    /// assert_eq!(producer.config().max_in_flight_per_partition, 1);
+    /// assert_eq!(producer.config().max_in_flight_per_partition, 5);
     /// # }
     /// ```
     pub fn new(addr: impl Into<String>, config: ProducerConfig) -> Result<Producer, ClientError> {

@@ -14,7 +14,8 @@ fn defaults_are_kafkas_and_valid() {
     assert_eq!(config.acks, Acks::All);
     assert_eq!(config.delivery_timeout, Duration::from_secs(120));
     assert_eq!(config.buffer_bytes_max, 32 * 1024 * 1024);
-    assert_eq!(config.max_in_flight_per_partition, 1);
+    assert_eq!(config.max_in_flight_per_partition, 5);
+    assert!(config.idempotence, "idempotence is on by default, as in Kafka 3.0+");
     assert_eq!(config.linger, Duration::from_millis(5));
     assert!(config.validate().is_ok());
 }
@@ -33,6 +34,8 @@ fn out_of_range_settings_are_rejected_by_name() {
     check_invalid(ProducerConfig { buffer_bytes_max: 1000, ..ProducerConfig::default() }, "buffer_bytes_max");
     check_invalid(ProducerConfig { delivery_timeout: Duration::ZERO, ..ProducerConfig::default() }, "delivery_timeout");
     assert!(ProducerConfig { max_in_flight_per_partition: 5, ..ProducerConfig::default() }.validate().is_ok());
+    check_invalid(ProducerConfig { acks: Acks::None, ..ProducerConfig::default() }, "idempotence");
+    assert!(ProducerConfig { acks: Acks::None, idempotence: false, ..ProducerConfig::default() }.validate().is_ok());
 }
 
 #[test]

@@ -4,13 +4,43 @@
 //! sends what may be sent, and then sleeps until the next command, response, linger expiry, retry time or deadline.
 //! Requests in flight are futures polled by this task (`FuturesUnordered`), not spawned tasks: the connection's own
 //! tasks do the I/O, and a request here only waits for its answer.
+//!
+//! # Idempotence
+//!
+//! The producer takes a producer id (`InitProducerId`) before its first batch. When a partition's batch is sent for
+//! the first time it is stamped with the id, the epoch and the partition's next sequence number (the count of records
+//! stamped before it, wrapping at `SEQUENCE_MAX`), and an *order* that never wraps. A batch keeps its stamp for every
+//! retry, so the broker recognises a retry of a written batch and answers it with the original offsets. Batches of a
+//! partition are sent in order (a retried batch goes back in front of the later ones, by order), at most
+//! `max_in_flight_per_partition` (at most 5, what the broker remembers) at a time.
+//!
+//! Each failed batch is classified:
+//! - *outcome unknown* (connection lost, request timeout, `REQUEST_TIMED_OUT`, `STORAGE_ERROR`,
+//!   `BROKER_SHUTTING_DOWN`): it may have been written; it is retried with the same stamp until it resolves;
+//! - *not written* (any other error the broker returned for it): a retriable one (`OUT_OF_ORDER_SEQUENCE` while an
+//!   earlier batch of the partition is unresolved, `DISK_FULL`, ...) is retried with the same stamp;
+//! - `PRODUCER_FENCED` / `INVALID_PRODUCER_EPOCH`: another instance owns the id; the producer fails for good.
+//!
+//! A stamped batch that can no longer be written in sequence leaves a hole the broker would refuse every later batch
+//! for: `OUT_OF_ORDER_SEQUENCE` on the partition's oldest unresolved batch (the broker lost acknowledged data, which
+//! only a relaxed fsync policy allows), `UNKNOWN_PRODUCER_ID` (the id expired), or a stamped batch failing for good
+//! (a non-retriable error, or its delivery timeout). Then the producer **resets**: it stops stamping new batches,
+//! keeps retrying the batches whose outcome is unknown until each resolves or times out, waits until no request
+//! sent under the old id can still be applied (twice the request timeout after the last one was sent: the broker
+//! never applies a produce request after its timeout), then takes a new producer id and stamps every waiting batch
+//! afresh from sequence 0. Records are never re-sent under a new id while they might have been written under the
+//! old one, so a reset cannot duplicate them.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
-use ferry_protocol::batch::ProducerFields;
-use ferry_protocol::messages::{Acks as WireAcks, ProducePartition, ProduceRequest, ProduceTopic};
-use ferry_protocol::{ApiKey, BatchBuilder, NewRecord, ProtocolError, RecordBatch, Request, Response, TopicName};
+use ferry_protocol::batch::{ProducerFields, sequence_add};
+use ferry_protocol::messages::{
+    Acks as WireAcks, InitProducerIdRequest, InitProducerIdResponse, ProducePartition, ProduceRequest, ProduceTopic,
+};
+use ferry_protocol::{
+    ApiKey, BatchBuilder, ErrorCode, NewRecord, ProtocolError, RecordBatch, Request, Response, TopicName,
+};
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
@@ -60,14 +90,76 @@ struct ReadyBatch {
     not_before: Instant,
     attempts: u32,
     last_error: Option<ClientError>,
+    /// The idempotent producer's stamp, from the first send on (see the module docs).
+    stamp: Option<Stamp>,
+    /// The last attempt may have written the batch (see the module docs).
+    outcome_unknown: bool,
+}
+
+/// Where a batch sits in its idempotent producer's sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    /// The producer id's generation (bumped at each reset).
+    generation: u64,
+    /// The batch's base sequence.
+    sequence: i32,
+    /// Stamping order within the partition: never wraps, so it orders batches across a sequence wrap.
+    order: u64,
 }
 
 #[derive(Debug, Default)]
 struct PartitionState {
     open: Option<OpenBatch>,
-    /// Closed batches in send order; a retried batch goes back to the front.
+    /// Closed batches in send order; a retried batch goes back in front of the batches stamped after it.
     ready: VecDeque<ReadyBatch>,
     in_flight: u32,
+    /// The sequence the next stamped batch gets.
+    next_sequence: i32,
+    /// The order the next stamped batch gets.
+    next_order: u64,
+    /// Orders of the stamped batches not yet acknowledged or failed (queued or in flight).
+    unresolved: std::collections::BTreeSet<u64>,
+}
+
+impl PartitionState {
+    /// Puts a batch back among the ready ones: before every batch stamped after it, and before unstamped ones.
+    fn requeue(&mut self, batch: ReadyBatch) {
+        let at = match batch.stamp {
+            Some(stamp) => self
+                .ready
+                .iter()
+                .position(|queued| queued.stamp.is_none_or(|queued| queued.order > stamp.order))
+                .unwrap_or(self.ready.len()),
+            None => 0,
+        };
+        self.ready.insert(at, batch);
+    }
+}
+
+/// The idempotent producer's identity (see the module docs).
+#[derive(Debug)]
+enum Identity {
+    /// The producer is not idempotent.
+    Disabled,
+    /// A producer id is needed (not before the instant: the backoff after a failed attempt).
+    Needed { not_before: Instant, attempts: u32 },
+    /// `InitProducerId` is in flight (`attempts` before this one).
+    Pending { attempts: u32 },
+    /// Batches are stamped with this id and epoch.
+    Ready { producer_id: i64, epoch: i32 },
+    /// The producer cannot go on: every record fails with this error.
+    Failed(ClientError),
+}
+
+/// The idempotent producer's state beyond its identity.
+#[derive(Debug)]
+struct Idempotence {
+    identity: Identity,
+    generation: u64,
+    /// A reset is pending: no new batch is stamped until it completes.
+    resetting: bool,
+    /// When the last produce request under the current generation was sent.
+    last_sent: Option<Instant>,
 }
 
 /// A batch inside a produce request.
@@ -80,6 +172,12 @@ struct InFlightBatch {
 
 /// What a finished produce request hands back: its batches and the outcome (`None` for acks=none).
 type Completion = (Vec<InFlightBatch>, Result<Option<Response>, ClientError>);
+
+/// A finished request of the producer's task.
+enum Finished {
+    Produce(Completion),
+    InitProducerId(Result<Response, ClientError>),
+}
 
 /// Counts records per flush epoch, so a flush completes once everything accepted before it has completed.
 #[derive(Debug, Default)]
@@ -134,8 +232,11 @@ pub(super) struct Worker {
     partitions: HashMap<PartitionKey, PartitionState>,
     /// The partition each topic's key-less records currently stick to.
     sticky: HashMap<TopicName, u32>,
-    in_flight: FuturesUnordered<BoxFuture<'static, Completion>>,
+    in_flight: FuturesUnordered<BoxFuture<'static, Finished>>,
+    /// Produce requests in flight (`in_flight` may also hold an `InitProducerId`).
+    produce_in_flight: usize,
     flush: FlushTracker,
+    idempotence: Idempotence,
 }
 
 impl Worker {
@@ -145,6 +246,11 @@ impl Worker {
         commands: mpsc::Receiver<Command>,
         shutdown: CancellationToken,
     ) -> Worker {
+        let identity = if config.idempotence {
+            Identity::Needed { not_before: Instant::now(), attempts: 0 }
+        } else {
+            Identity::Disabled
+        };
         Worker {
             config,
             connection,
@@ -153,7 +259,9 @@ impl Worker {
             partitions: HashMap::new(),
             sticky: HashMap::new(),
             in_flight: FuturesUnordered::new(),
+            produce_in_flight: 0,
             flush: FlushTracker::default(),
+            idempotence: Idempotence { identity, generation: 0, resetting: false, last_sent: None },
         }
     }
 
@@ -161,12 +269,20 @@ impl Worker {
         loop {
             let now = Instant::now();
             self.expire(now);
+            self.maybe_finish_reset(now);
+            self.maybe_init(now);
             self.send_ready(now);
             let wake_at = self.next_wake(now);
             tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => break,
-                Some(completion) = self.in_flight.next(), if !self.in_flight.is_empty() => self.complete(completion),
+                Some(finished) = self.in_flight.next(), if !self.in_flight.is_empty() => match finished {
+                    Finished::Produce(completion) => {
+                        self.produce_in_flight -= 1;
+                        self.complete(completion);
+                    }
+                    Finished::InitProducerId(result) => self.initialized(result),
+                },
                 command = self.commands.recv() => match command {
                     Some(command) => {
                         self.handle(command);
@@ -210,6 +326,10 @@ impl Worker {
         };
         let epoch = self.flush.accept();
         let pending = PendingRecord { reply, permit, epoch };
+        if let Identity::Failed(error) = &self.idempotence.identity {
+            let error = error.clone();
+            return finish(&mut self.flush, pending, Err(error));
+        }
         let headers: Vec<(&[u8], Option<&[u8]>)> =
             record.headers.iter().map(|(key, value)| (&key[..], value.as_deref())).collect();
         let new_record =
@@ -273,6 +393,10 @@ impl Worker {
             let mut kept = VecDeque::with_capacity(state.ready.len());
             for ready in state.ready.drain(..) {
                 if ready.deadline <= now {
+                    if let Some(stamp) = ready.stamp {
+                        state.unresolved.remove(&stamp.order);
+                        self.idempotence.resetting = true;
+                    }
                     let error = ClientError::DeliveryTimeout { timeout, last_error: ready.last_error.map(Box::new) };
                     fail_records(&mut self.flush, ready.records, &error);
                 } else {
@@ -281,6 +405,119 @@ impl Worker {
             }
             state.ready = kept;
         }
+    }
+
+    /// Starts `InitProducerId` when a producer id is needed, records wait, and the backoff has passed.
+    fn maybe_init(&mut self, now: Instant) {
+        let Identity::Needed { not_before, attempts } = self.idempotence.identity else { return };
+        let waiting = self.partitions.values().any(|state| state.open.is_some() || !state.ready.is_empty());
+        if !waiting || not_before > now {
+            return;
+        }
+        self.idempotence.identity = Identity::Pending { attempts };
+        let connection = self.connection.clone();
+        tracing::debug!(attempts, "requesting a producer id");
+        self.in_flight.push(Box::pin(async move {
+            Finished::InitProducerId(connection.request(Request::InitProducerId(InitProducerIdRequest {})).await)
+        }));
+    }
+
+    /// Handles the answer to `InitProducerId`.
+    fn initialized(&mut self, result: Result<Response, ClientError>) {
+        let now = Instant::now();
+        let Identity::Pending { attempts } = self.idempotence.identity else { return };
+        let outcome = match result {
+            Ok(Response::InitProducerId(response)) => {
+                match ClientError::check_wire(response.error_code, &response.error_message) {
+                    Ok(()) => Ok(response),
+                    Err(error) => Err(error),
+                }
+            }
+            Ok(_) => Err(ClientError::UnexpectedResponse {
+                api: ApiKey::InitProducerId,
+                reason: "not an InitProducerId response",
+            }),
+            Err(error) => Err(error),
+        };
+        match outcome {
+            Ok(InitProducerIdResponse { producer_id, producer_epoch, producer_id_expiration_ms, .. }) => {
+                let expiration = Duration::from_millis(producer_id_expiration_ms);
+                if self.config.delivery_timeout >= expiration {
+                    let error = ClientError::InvalidConfig {
+                        field: "delivery_timeout",
+                        reason: format!(
+                            "must be shorter than the broker's producer id expiration ({} ms), or a late retry could \
+                             no longer be recognised",
+                            producer_id_expiration_ms
+                        ),
+                    };
+                    return self.fail_producer(error);
+                }
+                tracing::debug!(producer_id, producer_epoch, "producer id assigned");
+                self.idempotence.identity = Identity::Ready { producer_id, epoch: producer_epoch };
+            }
+            Err(error) if error.is_retriable() => {
+                let attempts = attempts + 1;
+                let delay = self.config.retry_backoff().delay(attempts);
+                tracing::debug!(%error, "InitProducerId failed; retrying");
+                self.idempotence.identity = Identity::Needed { not_before: now + delay, attempts };
+            }
+            Err(error) => self.fail_producer(error),
+        }
+    }
+
+    /// The producer cannot go on (fenced, or refused an id for good): every pending record fails with `error`, and so
+    /// does every later one.
+    fn fail_producer(&mut self, error: ClientError) {
+        tracing::warn!(%error, "idempotent producer failed; every pending and later record fails");
+        for state in self.partitions.values_mut() {
+            if let Some(open) = state.open.take() {
+                fail_records(&mut self.flush, open.records, &error);
+            }
+            for ready in state.ready.drain(..) {
+                fail_records(&mut self.flush, ready.records, &error);
+            }
+            state.unresolved.clear();
+        }
+        self.idempotence.identity = Identity::Failed(error);
+    }
+
+    /// Completes a pending reset once nothing sent under the old producer id can still be applied.
+    fn maybe_finish_reset(&mut self, now: Instant) {
+        if !self.idempotence.resetting || self.produce_in_flight > 0 {
+            return;
+        }
+        let generation = self.idempotence.generation;
+        let unknown = self.partitions.values().any(|state| {
+            state
+                .ready
+                .iter()
+                .any(|ready| ready.outcome_unknown && ready.stamp.is_some_and(|s| s.generation == generation))
+        });
+        if unknown || self.quiet_at().is_some_and(|quiet_at| quiet_at > now) {
+            return;
+        }
+        tracing::info!(generation, "resetting the idempotent producer: new producer id, sequences from 0");
+        self.idempotence.generation += 1;
+        self.idempotence.resetting = false;
+        self.idempotence.last_sent = None;
+        if !matches!(self.idempotence.identity, Identity::Failed(_)) {
+            self.idempotence.identity = Identity::Needed { not_before: now, attempts: 0 };
+        }
+        for state in self.partitions.values_mut() {
+            state.next_sequence = 0;
+            state.unresolved.clear();
+            for ready in &mut state.ready {
+                ready.stamp = None;
+                ready.outcome_unknown = false;
+            }
+        }
+    }
+
+    /// When no request sent under the current producer id can be applied by the broker any more: twice the request
+    /// timeout after the last one was sent (`None` if none was).
+    fn quiet_at(&self) -> Option<Instant> {
+        self.idempotence.last_sent.map(|sent| sent + 2 * self.config.connection.request_timeout)
     }
 
     /// Builds produce requests from every partition that may send, until none may.
@@ -292,6 +529,13 @@ impl Worker {
         let request_bytes_max = frame_bytes_max.saturating_sub(PRODUCE_OVERHEAD_BYTES).max(1);
         let in_flight_max = self.config.max_in_flight_per_partition;
         let linger = self.config.linger;
+        let identity = match self.idempotence.identity {
+            Identity::Disabled => None,
+            Identity::Ready { producer_id, epoch } => Some((producer_id, epoch)),
+            // Nothing is sent without a producer id.
+            Identity::Needed { .. } | Identity::Pending { .. } | Identity::Failed(_) => return,
+        };
+        let (generation, resetting) = (self.idempotence.generation, self.idempotence.resetting);
         loop {
             let mut batches = Vec::new();
             let mut request_bytes: u32 = 0;
@@ -303,12 +547,36 @@ impl Worker {
                     let open = state.open.take().expect("checked just above");
                     close_batch(&mut self.flush, &mut self.sticky, topic, *partition, state, open);
                 }
-                let Some(front) = state.ready.front() else { continue };
+                // While resetting, only batches that may have been written go out, to learn their outcome.
+                let idx = if resetting {
+                    let unknown = state.ready.iter().position(|ready| {
+                        ready.outcome_unknown && ready.stamp.is_some_and(|stamp| stamp.generation == generation)
+                    });
+                    let Some(idx) = unknown else { continue };
+                    idx
+                } else {
+                    0
+                };
+                let Some(front) = state.ready.get(idx) else { continue };
                 let batch_bytes = front.batch.len_bytes();
                 if front.not_before > now || (!batches.is_empty() && request_bytes + batch_bytes > request_bytes_max) {
                     continue;
                 }
-                let batch = state.ready.pop_front().expect("checked just above");
+                let mut batch = state.ready.remove(idx).expect("checked just above");
+                if let Some((producer_id, epoch)) = identity
+                    && batch.stamp.is_none()
+                {
+                    let stamp = Stamp { generation, sequence: state.next_sequence, order: state.next_order };
+                    state.next_sequence = sequence_add(state.next_sequence, batch.batch.record_count());
+                    state.next_order += 1;
+                    state.unresolved.insert(stamp.order);
+                    batch.batch.set_producer(ProducerFields {
+                        producer_id,
+                        producer_epoch: epoch,
+                        base_sequence: stamp.sequence,
+                    });
+                    batch.stamp = Some(stamp);
+                }
                 state.in_flight += 1;
                 request_bytes += batch_bytes;
                 batches.push(InFlightBatch { topic: topic.clone(), partition: *partition, batch });
@@ -345,12 +613,16 @@ impl Worker {
                 .collect(),
         });
         let connection = self.connection.clone();
+        self.produce_in_flight += 1;
+        if batches.iter().any(|in_flight| in_flight.batch.stamp.is_some()) {
+            self.idempotence.last_sent = Some(now);
+        }
         self.in_flight.push(Box::pin(async move {
             let result = match acks {
                 Acks::All => connection.request_with_timeout(request, timeout).await.map(Some),
                 Acks::None => connection.send_without_response(request, timeout).await.map(|()| None),
             };
-            (batches, result)
+            Finished::Produce((batches, result))
         }));
     }
 
@@ -391,6 +663,7 @@ impl Worker {
             match outcome {
                 Some(outcome) if outcome.error_code == 0 => {
                     self.done(&topic, partition);
+                    self.resolve(&topic, partition, batch.stamp);
                     for (record_idx, record) in batch.records.into_iter().enumerate() {
                         let offset = outcome.base_offset + u64::try_from(record_idx).unwrap_or(u64::MAX);
                         finish(&mut self.flush, record, Ok(RecordMetadata { partition, offset: Some(offset) }));
@@ -428,8 +701,27 @@ impl Worker {
         now: Instant,
     ) {
         self.done(&topic, partition);
+        let stamp = batch.stamp.filter(|stamp| stamp.generation == self.idempotence.generation);
+        if let Some(stamp) = stamp {
+            match error.error_code() {
+                Some(ErrorCode::ProducerFenced | ErrorCode::InvalidProducerEpoch) => {
+                    fail_records(&mut self.flush, batch.records, &error);
+                    return self.fail_producer(error);
+                }
+                Some(ErrorCode::UnknownProducerId) => return self.hold(topic, partition, batch, error),
+                Some(ErrorCode::OutOfOrderSequence) if self.is_oldest(&topic, partition, stamp) => {
+                    tracing::warn!(topic = %topic, partition, sequence = stamp.sequence,
+                        "the broker expects an earlier sequence than any unacknowledged batch: it lost acknowledged \
+                         records (possible only with a relaxed fsync policy); resetting the producer id");
+                    return self.hold(topic, partition, batch, error);
+                }
+                _ => {}
+            }
+            batch.outcome_unknown = outcome_unknown(&error);
+        }
         if !error.is_retriable() {
             tracing::debug!(topic = %topic, partition, %error, "produce failed; not retriable");
+            self.fail_stamped(&topic, partition, batch.stamp);
             return fail_records(&mut self.flush, batch.records, &error);
         }
         batch.attempts += 1;
@@ -437,12 +729,49 @@ impl Worker {
         if retry_at >= batch.deadline {
             let timeout = self.config.delivery_timeout;
             let error = ClientError::DeliveryTimeout { timeout, last_error: Some(Box::new(error)) };
+            self.fail_stamped(&topic, partition, batch.stamp);
             return fail_records(&mut self.flush, batch.records, &error);
         }
         tracing::debug!(topic = %topic, partition, %error, attempt = batch.attempts, "retrying a produce");
         batch.not_before = retry_at;
         batch.last_error = Some(error);
-        self.partitions.entry((topic, partition)).or_default().ready.push_front(batch);
+        self.partitions.entry((topic, partition)).or_default().requeue(batch);
+    }
+
+    /// Keeps a batch that was not written and cannot be written under the current producer id, and starts a reset:
+    /// it is stamped afresh under the next id.
+    fn hold(&mut self, topic: TopicName, partition: u32, mut batch: ReadyBatch, error: ClientError) {
+        tracing::debug!(topic = %topic, partition, %error, "batch held for the producer reset");
+        batch.outcome_unknown = false;
+        batch.last_error = Some(error);
+        self.idempotence.resetting = true;
+        self.partitions.entry((topic, partition)).or_default().requeue(batch);
+    }
+
+    /// A stamped batch failed for good: the broker will refuse every later batch of the partition, so reset.
+    fn fail_stamped(&mut self, topic: &TopicName, partition: u32, stamp: Option<Stamp>) {
+        let Some(stamp) = stamp else { return };
+        self.resolve(topic, partition, Some(stamp));
+        if stamp.generation == self.idempotence.generation {
+            self.idempotence.resetting = true;
+        }
+    }
+
+    /// A stamped batch is no longer unresolved (acknowledged or failed).
+    fn resolve(&mut self, topic: &TopicName, partition: u32, stamp: Option<Stamp>) {
+        if let Some(stamp) = stamp
+            && let Some(state) = self.partitions.get_mut(&(topic.clone(), partition))
+        {
+            state.unresolved.remove(&stamp.order);
+        }
+    }
+
+    /// Whether the batch is the oldest unresolved one of its partition.
+    fn is_oldest(&self, topic: &TopicName, partition: u32, stamp: Stamp) -> bool {
+        self.partitions
+            .get(&(topic.clone(), partition))
+            .and_then(|state| state.unresolved.first().copied())
+            .is_none_or(|oldest| oldest == stamp.order)
     }
 
     /// One request of the partition is no longer in flight.
@@ -473,6 +802,14 @@ impl Worker {
             for ready in &state.ready {
                 consider(ready.deadline);
             }
+        }
+        if let Identity::Needed { not_before, .. } = self.idempotence.identity {
+            consider(not_before);
+        }
+        if self.idempotence.resetting
+            && let Some(quiet_at) = self.quiet_at()
+        {
+            consider(quiet_at);
         }
         // Never wake in the past: that would spin.
         wake.map(|wake| wake.max(now))
@@ -527,9 +864,27 @@ fn close_batch(
             not_before: Instant::now(),
             attempts: 0,
             last_error: None,
+            stamp: None,
+            outcome_unknown: false,
         }),
         // Every record was pushed successfully, so this cannot happen; fail the records rather than lose them.
         Err(error) => fail_records(flush, records, &ClientError::protocol(error)),
+    }
+}
+
+/// Whether a failed attempt may have written the batch: a transport failure or timeout, or a broker error that
+/// comes after the append may have happened.
+fn outcome_unknown(error: &ClientError) -> bool {
+    match error.error_code() {
+        Some(code) => {
+            matches!(code, ErrorCode::RequestTimedOut | ErrorCode::StorageError | ErrorCode::BrokerShuttingDown)
+        }
+        None => matches!(
+            error,
+            ClientError::ConnectionLost { .. }
+                | ClientError::RequestTimeout { .. }
+                | ClientError::UnexpectedResponse { .. }
+        ),
     }
 }
 

@@ -111,7 +111,6 @@ async fn group_and_transaction_flags_are_rejected_as_not_supported_yet() {
         &["consume", "orders", "--group", "g"][..],
         &["consume", "orders", "--isolation", "read-committed"],
         &["produce", "orders", "--transactional-id", "t"],
-        &["produce", "orders", "--idempotent"],
         &["group", "list"],
         &["txn", "abort", "t"],
     ] {

@@ -12,5 +12,6 @@ mod admin;
 mod cli;
 mod connection;
 mod consumer;
+mod idempotence;
 mod producer;
 mod support;

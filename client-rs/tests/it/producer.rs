@@ -236,7 +236,8 @@ async fn one_request_per_partition_is_in_flight_and_the_next_batch_keeps_filling
         Request::Produce(_) => Action::Forward,
         _ => Action::Model,
     });
-    let producer = Producer::new(&peer.addr, config()).expect("valid config");
+    let config = ProducerConfig { max_in_flight_per_partition: 1, ..config() };
+    let producer = Producer::new(&peer.addr, config).expect("valid config");
     let first = producer.send(ProducerRecord::new("orders", "a")).await.expect("accepted");
     let request_a = peer.next_forwarded().await;
     let second = producer.send(ProducerRecord::new("orders", "b")).await.expect("accepted");
@@ -332,7 +333,7 @@ async fn flush_sends_without_waiting_for_the_linger() {
 async fn acks_none_completes_once_written_without_an_offset() {
     let peer = Peer::start().await;
     peer.create_topic("orders", 1);
-    let config = ProducerConfig { acks: Acks::None, ..config() };
+    let config = ProducerConfig { acks: Acks::None, idempotence: false, ..config() };
     let producer = Producer::new(&peer.addr, config).expect("valid config");
     let delivery = producer.send(ProducerRecord::new("orders", "fire-and-forget")).await.expect("accepted");
     let metadata = delivery.await.expect("written");
