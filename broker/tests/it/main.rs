@@ -7,12 +7,14 @@
 //!   across 8 partitions, long polling, the CLI, metrics, clean restarts, topic deletion.
 //! - `bad_input`: malformed frames (raw TCP) and invalid requests on a live broker, the connection limit, the
 //!   request-read timeout; other clients are not disturbed.
+//! - `chaos`: the history of a chaos run and the checker that finds lost, duplicated and reordered values.
 //! - `crash`: the real binary restarted (SIGTERM) and killed (SIGKILL) while a producer sends.
 //! - `harness`: an in-process test broker, the binary's client address, raw frames, metric values.
 //! - `support`: a broker child process whose stderr log lines the tests can wait for, and a tiny HTTP scraper.
 
 mod bad_input;
 mod binary;
+mod chaos;
 mod crash;
 mod end_to_end;
 mod harness;
