@@ -9,6 +9,8 @@
 //!   request-read timeout; other clients are not disturbed.
 //! - `chaos`: the history of a chaos run and the checker that finds lost, duplicated and reordered values.
 //! - `crash`: the real binary restarted (SIGTERM) and killed (SIGKILL) while a producer sends.
+//! - `fault_proxy`: a frame-aware TCP proxy that drops, duplicates, delays and resets requests and responses, and
+//!   its self-tests.
 //! - `harness`: an in-process test broker, the binary's client address, raw frames, metric values.
 //! - `support`: a broker child process whose stderr log lines the tests can wait for, and a tiny HTTP scraper.
 
@@ -17,6 +19,7 @@ mod binary;
 mod chaos;
 mod crash;
 mod end_to_end;
+mod fault_proxy;
 mod harness;
 mod in_process;
 mod support;
