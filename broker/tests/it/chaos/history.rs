@@ -7,6 +7,8 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// How a send ended, as the producer saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -60,6 +62,18 @@ pub struct History {
     pub reads: Vec<Read>,
 }
 
+/// The unique value a producer sends as its `seq`-th record, padded to `value_bytes` (at least the bare value).
+pub fn value_for(producer: u32, seq: u64, value_bytes: usize) -> String {
+    let mut value = format!("p{producer}-{seq:09}");
+    if value.len() < value_bytes {
+        value.push(' ');
+        while value.len() < value_bytes {
+            value.push('.');
+        }
+    }
+    value
+}
+
 /// The identity of a value: its text up to the first space (the padding is not part of it).
 pub fn value_id(value: &str) -> &str {
     value.split(' ').next().unwrap_or(value)
@@ -86,5 +100,49 @@ impl History {
                 .expect("writing to a String cannot fail");
         }
         std::fs::write(path, text)
+    }
+}
+
+/// A history being recorded by concurrent producers: each send gets a slot when invoked and its outcome later.
+///
+/// Cheap to clone (clones share the recording); the lock is held only to push or update one entry.
+#[derive(Debug, Clone, Default)]
+pub struct Recorder {
+    sends: Arc<Mutex<Vec<Send>>>,
+    /// Sends completed so far, for progress checks without the lock.
+    completed: Arc<AtomicU64>,
+}
+
+/// The position of a send in a [`Recorder`], to report its outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendIdx(usize);
+
+impl Recorder {
+    /// Records the invocation of a send (outcome [`Outcome::Pending`]) and returns its slot.
+    pub fn invoke(&self, producer: u32, seq: u64, partition: u32, value: String) -> SendIdx {
+        let mut sends = self.sends.lock().expect("recorder lock");
+        sends.push(Send { producer, seq, partition, value, outcome: Outcome::Pending });
+        SendIdx(sends.len() - 1)
+    }
+
+    /// Records how the send in `idx` ended. An outcome is set once.
+    pub fn complete(&self, idx: SendIdx, outcome: Outcome) {
+        assert!(outcome != Outcome::Pending, "a completion has an outcome");
+        let mut sends = self.sends.lock().expect("recorder lock");
+        let send = &mut sends[idx.0];
+        assert_eq!(send.outcome, Outcome::Pending, "send {} of producer {} completed twice", send.seq, send.producer);
+        send.outcome = outcome;
+        drop(sends);
+        self.completed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many sends completed so far (any outcome).
+    pub fn n_completed(&self) -> u64 {
+        self.completed.load(Ordering::Relaxed)
+    }
+
+    /// A copy of the sends recorded so far.
+    pub fn sends(&self) -> Vec<Send> {
+        self.sends.lock().expect("recorder lock").clone()
     }
 }

@@ -1,13 +1,18 @@
 //! Chaos testing in Jepsen's vocabulary: a [`history::History`] of what producers sent and what the log holds at
-//! the end, and a [`checker`] that names every anomaly in it.
+//! the end, a [`checker`] that names every anomaly in it, and a [`driver`] that SIGKILLs the real broker.
 //!
 //! - `history`: sends (producer, send order, partition, unique value, outcome) and the final read.
 //! - `checker`: lost acknowledged writes, duplicates, reordering, offset gaps and reuse, values never sent.
+//! - `driver`: the real broker binary SIGKILLed and restarted while producers write; `ChaosBroker`, `CrashRun`.
 //! - `rng`: the seeded random numbers every fault choice comes from, and the `FERRY_CHAOS_SEED` to replay one.
 
 pub mod checker;
+pub mod driver;
 pub mod history;
 pub mod rng;
+
+#[cfg(test)]
+mod tests;
 
 use std::time::Duration;
 

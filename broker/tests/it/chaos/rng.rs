@@ -22,6 +22,13 @@ impl Rng {
         mixed ^ (mixed >> 31)
     }
 
+    /// A number in `0..bound`; `bound` must not be zero.
+    pub fn below(&mut self, bound: u64) -> u64 {
+        assert!(bound > 0, "an empty range has no member");
+        // The modulo bias is at most bound / 2^64: irrelevant for picking fault moments.
+        self.next_u64() % bound
+    }
+
     /// A float in `[0, 1)`.
     pub fn unit(&mut self) -> f64 {
         // 53 random bits fill an f64 mantissa exactly.
@@ -45,4 +52,9 @@ pub fn seed_from_env() -> u64 {
             .next_u64()
         }
     }
+}
+
+/// Whether the long versions of the chaos tests run (`FERRY_SLOW_TESTS=1`), checked at run time.
+pub fn slow_tests() -> bool {
+    std::env::var("FERRY_SLOW_TESTS").is_ok_and(|value| value == "1")
 }
