@@ -18,6 +18,7 @@ use super::checker::{Expect, Report, check};
 use super::history::{History, Outcome, Recorder, value_for};
 use super::read_all;
 use super::rng::{Rng, slow_tests};
+use crate::fault_proxy::{FaultCounts, FaultPlan, FaultProxy};
 use crate::harness::client_address;
 use crate::support::BrokerProcess;
 
@@ -177,6 +178,9 @@ pub struct CrashRun {
     /// What the checker must find: [`Expect::AT_LEAST_ONCE`] for today's producer, [`Expect::EXACTLY_ONCE`] once
     /// `producer_config` enables idempotence.
     pub expect: Expect,
+    /// Network faults on top of the kills: when set, the producers connect through a [`FaultProxy`] with this plan
+    /// (it outlives every restart, since the broker's port is fixed). The final read bypasses it.
+    pub network_faults: Option<FaultPlan>,
 }
 
 /// What a crash run measured.
@@ -194,6 +198,8 @@ pub struct CrashFigures {
     pub read_time: Duration,
     /// The checker's report.
     pub report: Report,
+    /// What the fault proxy did, when the run had one.
+    pub network_faults: Option<FaultCounts>,
 }
 
 impl std::fmt::Display for CrashFigures {
@@ -216,7 +222,11 @@ impl std::fmt::Display for CrashFigures {
             recoveries.len(),
             self.read_time.as_secs_f64(),
             self.report,
-        )
+        )?;
+        if let Some(counts) = &self.network_faults {
+            write!(formatter, "; network faults {}: {counts:?}", counts.faults())?;
+        }
+        Ok(())
     }
 }
 
@@ -249,6 +259,7 @@ impl CrashRun {
             seed,
             producer_config,
             expect: Expect::AT_LEAST_ONCE,
+            network_faults: None,
         }
     }
 
@@ -262,12 +273,17 @@ impl CrashRun {
         admin.create_topic(TOPIC, self.partitions, Default::default()).await.expect("create the topic");
         admin.close().await;
 
+        let proxy = match &self.network_faults {
+            Some(plan) => Some(FaultProxy::start(broker.addr(), plan.clone()).await),
+            None => None,
+        };
+        let produce_addr = proxy.as_ref().map_or_else(|| addr.clone(), |proxy| proxy.addr().to_string());
+
         let recorder = Recorder::default();
-        let mut artifacts =
-            Artifacts { run: self.clone(), recorder: recorder.clone(), log: broker.log(), reads: None, armed: true };
+        let mut artifacts = Artifacts::new(self.clone(), recorder.clone(), broker.log());
         let mut rng = Rng::new(self.seed);
         let started = Instant::now();
-        let producing = self.spawn_producers(&addr, &recorder, &mut rng);
+        let producing = self.spawn_producers(&produce_addr, &recorder, &mut rng);
 
         // Kill moments: seeded fractions of the values completed, in order; one kill (seeded) is followed by a
         // kill during recovery, retried at later restarts until one lands before the broker serves.
@@ -281,6 +297,7 @@ impl CrashRun {
             produce_time: Duration::ZERO,
             read_time: Duration::ZERO,
             report: Report::default(),
+            network_faults: None,
         };
         for (kill_idx, moment) in moments.into_iter().enumerate() {
             wait_for_completions(&recorder, moment).await;
@@ -304,6 +321,10 @@ impl CrashRun {
                 .expect("producer task");
         }
         figures.produce_time = started.elapsed();
+        if let Some(proxy) = proxy {
+            figures.network_faults = Some(proxy.counts());
+            proxy.stop().await;
+        }
         // With very few kills the recovery kill may still be missing: do it now.
         let mut attempts = 0;
         while self.kills > 0 && figures.kills_during_recovery == 0 && attempts < 5 {

@@ -1,9 +1,19 @@
 //! The crash test of issues 4 and 7: SIGKILL the real broker at seeded moments while producers write, then check
 //! the history.
 
+use std::io::Write as _;
+use std::time::Duration;
+
 use super::checker::Expect;
 use super::driver::CrashRun;
-use super::rng::seed_from_env;
+use super::rng::{seed_from_env, slow_tests};
+use crate::fault_proxy::{Fault, FaultPlan};
+
+/// Prints a line that shows in the test output even when the test passes (libtest captures `println!`, not
+/// direct writes to stderr), so `.ci/run` logs keep the figures.
+fn report(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
 
 /// What the crash test demands of the producers.
 ///
@@ -18,18 +28,43 @@ const CRASH_EXPECT: Expect = Expect::AT_LEAST_ONCE;
 async fn sigkills_at_seeded_moments_lose_no_acknowledged_value_and_keep_offsets_dense_and_in_order() {
     let seed = seed_from_env();
     let run = CrashRun { expect: CRASH_EXPECT, ..CrashRun::from_env(seed) };
-    println!(
+    report(&format!(
         "chaos crash run: FERRY_CHAOS_SEED={seed}: {} values, {} kills, {} producers, {} partitions",
         run.values, run.kills, run.producers, run.partitions
-    );
+    ));
     let (values, kills) = (run.values, run.kills);
     let figures = run.run().await;
-    println!("chaos crash run (seed {seed}): {figures}");
+    report(&format!("chaos crash run (seed {seed}): {figures}"));
     // The checker found no violation (or `run` panicked); these say the run was as large as asked.
     assert_eq!(figures.kills, kills);
     assert!(figures.kills_during_recovery >= 1, "{figures}");
     assert_eq!(figures.report.n_sends, usize::try_from(values).expect("fits"));
     assert!(figures.report.n_acked > 0, "{figures}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_faults_and_sigkills_together_lose_no_acknowledged_value() {
+    let seed = seed_from_env();
+    let faults = [
+        (Fault::DropRequest, 0.02),
+        (Fault::DropResponse, 0.02),
+        (Fault::DuplicateRequest, 0.02),
+        (Fault::DelayRequest, 0.02),
+        (Fault::DelayResponse, 0.02),
+        (Fault::ResetBeforeForward, 0.02),
+        (Fault::ResetAfterForward, 0.02),
+    ];
+    let mut run = CrashRun { expect: CRASH_EXPECT, ..CrashRun::from_env(seed) };
+    (run.values, run.kills) = if slow_tests() { (200_000, 30) } else { (20_000, 3) };
+    // Small batches make many requests to hit; a dropped request or response costs one request timeout: keep it short.
+    run.producer_config.batch_bytes_max = 4096;
+    run.producer_config.connection.request_timeout = Duration::from_millis(500);
+    run.network_faults = Some(FaultPlan { delay_max: Duration::from_millis(200), ..FaultPlan::random(seed, &faults) });
+    report(&format!("chaos network run: FERRY_CHAOS_SEED={seed}: {} values, {} kills", run.values, run.kills));
+    let figures = run.run().await;
+    report(&format!("chaos network run (seed {seed}): {figures}"));
+    let counts = figures.network_faults.expect("the run had a proxy");
+    assert!(counts.faults() > 0, "{counts:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,12 +5,15 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ferry_client::{ConnectionConfig, Producer, ProducerConfig, ProducerRecord};
+use ferry_protocol::limits::FRAME_BYTES_MAX;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 use super::{Fault, FaultCounts, FaultPlan, FaultProxy, Mode};
 use crate::chaos::checker::{Expect, Report, check};
 use crate::chaos::history::{History, Outcome, Send};
 use crate::chaos::read_all;
-use crate::harness::{TestBroker, eventually};
+use crate::harness::{TestBroker, eventually, expect_closed};
 
 const TOPIC: &str = "proxied";
 
@@ -274,6 +277,19 @@ async fn seeded_random_faults_lose_no_acknowledged_record() {
     // One request in flight per partition: retries can duplicate, never lose or reorder.
     assert_clean(&run, Expect::AT_LEAST_ONCE);
     assert!(run.counts.faults() >= 5, "faults were injected: {:?}", run.counts);
+    proxy.stop().await;
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_length_prefix_above_the_frame_limit_closes_the_connection() {
+    let (broker, proxy) = broker_and_proxy(1, FaultPlan::none()).await;
+    let mut stream = TcpStream::connect(proxy.addr()).await.expect("connect");
+    // Only the prefix: a proxy that buffered up to the announced length would wait for 8 MiB instead of closing.
+    stream.write_all(&(FRAME_BYTES_MAX + 1).to_be_bytes()).await.expect("write");
+    expect_closed(&mut stream).await;
+    assert_eq!(proxy.counts().bad_length_closed, 1);
+    assert_eq!(proxy.counts().requests_forwarded, 0, "nothing reached the broker");
     proxy.stop().await;
     broker.stop().await;
 }
