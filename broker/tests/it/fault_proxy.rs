@@ -73,6 +73,19 @@ pub enum Fault {
     ResetAfterForward,
 }
 
+impl Fault {
+    /// Every fault, in declaration order.
+    pub const ALL: [Fault; 7] = [
+        Fault::DropRequest,
+        Fault::DropResponse,
+        Fault::DuplicateRequest,
+        Fault::DelayRequest,
+        Fault::DelayResponse,
+        Fault::ResetBeforeForward,
+        Fault::ResetAfterForward,
+    ];
+}
+
 /// Which faults the proxy injects; replace it at any time with [`FaultProxy::set_plan`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct FaultPlan {
@@ -117,6 +130,11 @@ impl FaultPlan {
         assert!(nth > 0, "requests are counted from 1");
         self.scripted.insert(nth, fault);
         self
+    }
+
+    /// Every [`Fault`] at random with the same `probability` each per eligible request, seeded.
+    pub fn uniform(seed: u64, probability: f64) -> FaultPlan {
+        FaultPlan::random(seed, &Fault::ALL.map(|fault| (fault, probability)))
     }
 
     /// Random faults with these probabilities per eligible request, seeded.

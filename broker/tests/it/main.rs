@@ -7,7 +7,8 @@
 //!   across 8 partitions, long polling, the CLI, metrics, clean restarts, topic deletion.
 //! - `bad_input`: malformed frames (raw TCP) and invalid requests on a live broker, the connection limit, the
 //!   request-read timeout; other clients are not disturbed.
-//! - `chaos`: the history of a chaos run and the checker that finds lost, duplicated and reordered values.
+//! - `chaos`: Jepsen-style histories and their checker (lost, duplicated, reordered values, offset gaps), and the
+//!   crash driver: the real binary SIGKILLed at seeded moments (also during recovery) while producers write.
 //! - `crash`: the real binary restarted (SIGTERM) and killed (SIGKILL) while a producer sends.
 //! - `fault_proxy`: a frame-aware TCP proxy that drops, duplicates, delays and resets requests and responses, and
 //!   its self-tests.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::checker::Expect;
 use super::driver::CrashRun;
 use super::rng::{seed_from_env, slow_tests};
-use crate::fault_proxy::{Fault, FaultPlan};
+use crate::fault_proxy::FaultPlan;
 
 /// Prints a line that shows in the test output even when the test passes (libtest captures `println!`, not
 /// direct writes to stderr), so `.ci/run` logs keep the figures.
@@ -45,21 +45,12 @@ async fn sigkills_at_seeded_moments_lose_no_acknowledged_value_and_keep_offsets_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn network_faults_and_sigkills_together_lose_no_acknowledged_value() {
     let seed = seed_from_env();
-    let faults = [
-        (Fault::DropRequest, 0.02),
-        (Fault::DropResponse, 0.02),
-        (Fault::DuplicateRequest, 0.02),
-        (Fault::DelayRequest, 0.02),
-        (Fault::DelayResponse, 0.02),
-        (Fault::ResetBeforeForward, 0.02),
-        (Fault::ResetAfterForward, 0.02),
-    ];
     let mut run = CrashRun { expect: CRASH_EXPECT, ..CrashRun::from_env(seed) };
     (run.values, run.kills) = if slow_tests() { (200_000, 30) } else { (20_000, 3) };
     // Small batches make many requests to hit; a dropped request or response costs one request timeout: keep it short.
     run.producer_config.batch_bytes_max = 4096;
     run.producer_config.connection.request_timeout = Duration::from_millis(500);
-    run.network_faults = Some(FaultPlan { delay_max: Duration::from_millis(200), ..FaultPlan::random(seed, &faults) });
+    run.network_faults = Some(FaultPlan { delay_max: Duration::from_millis(200), ..FaultPlan::uniform(seed, 0.02) });
     report(&format!("chaos network run: FERRY_CHAOS_SEED={seed}: {} values, {} kills", run.values, run.kills));
     let figures = run.run().await;
     report(&format!("chaos network run (seed {seed}): {figures}"));
