@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferry_client::{Admin, ConnectionConfig, Producer, ProducerConfig, ProducerRecord};
+use ferry_client::{Admin, ConnectionConfig, DeliveryFuture, Producer, ProducerConfig, ProducerRecord};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::checker::{Expect, Report, check};
-use super::history::{History, Outcome, Recorder, value_for};
+use super::history::{History, Outcome, Read, Recorder, SendIdx, value_for, value_id};
 use super::read_all;
 use super::rng::{Rng, slow_tests};
 use crate::fault_proxy::{FaultCounts, FaultPlan, FaultProxy};
@@ -342,6 +342,8 @@ impl CrashRun {
         let history = History { sends: recorder.sends(), reads };
         figures.report = check(&history);
         artifacts.reads = Some(history.reads);
+        // Stopped before judging, so a failed run's artifacts hold the last incarnation's log too.
+        tokio::task::block_in_place(|| broker.stop());
         let violations = figures.report.violations(self.expect);
         if !violations.is_empty() {
             panic!("crash run (seed {}) broke its guarantees: {violations:#?}\n{figures}", self.seed);
@@ -351,56 +353,72 @@ impl CrashRun {
             "no kill landed during recovery in {attempts} extra attempts"
         );
         artifacts.armed = false;
-        tokio::task::block_in_place(|| broker.stop());
         figures
     }
 
     /// Starts one task per producer; each sends its share of the values to seeded partitions and records every
     /// invocation and outcome.
     fn spawn_producers(&self, addr: &str, recorder: &Recorder, rng: &mut Rng) -> Vec<tokio::task::JoinHandle<()>> {
-        let mut tasks = Vec::new();
-        for producer_idx in 0..self.producers {
-            let n_values = self.values / u64::from(self.producers)
-                + u64::from(u64::from(producer_idx) < self.values % u64::from(self.producers));
-            let producer = Producer::new(addr.to_owned(), self.producer_config.clone()).expect("producer");
-            let (recorder, mut partitions, n_partitions, value_bytes) =
-                (recorder.clone(), Rng::new(rng.next_u64()), u64::from(self.partitions), self.value_bytes);
-            tasks.push(tokio::spawn(async move {
-                // Deliveries are awaited in send order by a second task, so sending never waits for acknowledgements
-                // beyond the producer's own buffer.
-                let (deliveries, mut pending) = mpsc::channel(64 * 1024);
-                let completing = tokio::spawn({
-                    let recorder = recorder.clone();
-                    async move {
-                        while let Some((send_idx, delivery)) = pending.recv().await {
-                            let delivery: ferry_client::DeliveryFuture = delivery;
-                            let outcome = match delivery.await {
-                                Ok(metadata) => {
-                                    Outcome::Ok { offset: metadata.offset.expect("acks=all returns an offset") }
-                                }
-                                Err(_) => Outcome::Unknown,
-                            };
-                            recorder.complete(send_idx, outcome);
-                        }
-                    }
-                });
-                for seq in 0..n_values {
-                    let partition = u32::try_from(partitions.below(n_partitions)).expect("a partition number");
-                    let value = value_for(producer_idx, seq, value_bytes);
-                    let send_idx =
-                        recorder.invoke(producer_idx, seq, partition, super::history::value_id(&value).to_owned());
-                    match producer.send(ProducerRecord::new(TOPIC, value).with_partition(partition)).await {
-                        Ok(delivery) => deliveries.send((send_idx, delivery)).await.expect("the completer runs"),
-                        // Refused before sending: definitely not stored.
-                        Err(_) => recorder.complete(send_idx, Outcome::Failed),
-                    }
+        let n_producers = u64::from(self.producers);
+        (0..self.producers)
+            .map(|producer_idx| {
+                let job = ProducerJob {
+                    producer_idx,
+                    n_values: self.values / n_producers
+                        + u64::from(u64::from(producer_idx) < self.values % n_producers),
+                    n_partitions: self.partitions,
+                    value_bytes: self.value_bytes,
+                    partitions: Rng::new(rng.next_u64()),
+                };
+                let producer = Producer::new(addr.to_owned(), self.producer_config.clone()).expect("producer");
+                tokio::spawn(job.run(producer, recorder.clone()))
+            })
+            .collect()
+    }
+}
+
+/// One producer's share of a crash run.
+struct ProducerJob {
+    producer_idx: u32,
+    n_values: u64,
+    n_partitions: u32,
+    value_bytes: usize,
+    /// Picks each value's partition.
+    partitions: Rng,
+}
+
+impl ProducerJob {
+    /// Sends the values in order, then waits for every outcome and closes the producer.
+    async fn run(mut self, producer: Producer, recorder: Recorder) {
+        // Deliveries are awaited in send order by a second task, so sending never waits for acknowledgements beyond
+        // the producer's own buffer.
+        let (deliveries, mut pending) = mpsc::channel::<(SendIdx, DeliveryFuture)>(64 * 1024);
+        let completing = tokio::spawn({
+            let recorder = recorder.clone();
+            async move {
+                while let Some((send_idx, delivery)) = pending.recv().await {
+                    let outcome = match delivery.await {
+                        Ok(metadata) => Outcome::Ok { offset: metadata.offset.expect("acks=all returns an offset") },
+                        // A timeout or a lost connection: the value may or may not be stored.
+                        Err(_) => Outcome::Unknown,
+                    };
+                    recorder.complete(send_idx, outcome);
                 }
-                drop(deliveries);
-                completing.await.expect("completer task");
-                producer.close().await.expect("close the producer");
-            }));
+            }
+        });
+        for seq in 0..self.n_values {
+            let partition = u32::try_from(self.partitions.below(u64::from(self.n_partitions))).expect("a partition");
+            let value = value_for(self.producer_idx, seq, self.value_bytes);
+            let send_idx = recorder.invoke(self.producer_idx, seq, partition, value_id(&value).to_owned());
+            match producer.send(ProducerRecord::new(TOPIC, value).with_partition(partition)).await {
+                Ok(delivery) => deliveries.send((send_idx, delivery)).await.expect("the completer runs"),
+                // Refused before anything was sent: definitely not stored.
+                Err(_) => recorder.complete(send_idx, Outcome::Failed),
+            }
         }
-        tasks
+        drop(deliveries);
+        completing.await.expect("completer task");
+        producer.close().await.expect("close the producer");
     }
 }
 
@@ -424,7 +442,7 @@ pub struct Artifacts {
     run: CrashRun,
     recorder: Recorder,
     log: Arc<Mutex<Vec<String>>>,
-    reads: Option<Vec<super::history::Read>>,
+    reads: Option<Vec<Read>>,
     armed: bool,
 }
 
@@ -450,7 +468,10 @@ impl Drop for Artifacts {
             .and_then(|()| {
                 std::fs::write(
                     dir.join("run.txt"),
-                    format!("replay with FERRY_CHAOS_SEED={}\n{:#?}\n", self.run.seed, self.run),
+                    format!(
+                        "replay with FERRY_CHAOS_SEED={} (same kill moments and partitions; timing differs)\n{:#?}\n",
+                        self.run.seed, self.run
+                    ),
                 )
             });
         match written {

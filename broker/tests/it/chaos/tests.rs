@@ -74,7 +74,7 @@ async fn a_failed_run_keeps_its_seed_history_and_broker_log() {
     tokio::task::block_in_place(|| broker.stop());
 
     let run = std::fs::read_to_string(dir.join("run.txt")).expect("run.txt");
-    assert!(run.starts_with("replay with FERRY_CHAOS_SEED=4242\n"), "{run}");
+    assert!(run.starts_with("replay with FERRY_CHAOS_SEED=4242 "), "{run}");
     let history = std::fs::read_to_string(dir.join("history.txt")).expect("history.txt");
     assert_eq!(history, "send 0 0 0 p0-000000000 unknown\n");
     let log = std::fs::read_to_string(dir.join("broker.log")).expect("broker.log");
