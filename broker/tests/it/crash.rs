@@ -1,68 +1,20 @@
 //! Restarts and crashes of the real `ferry-broker` process while a producer is sending.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferry_client::{
-    Admin, ConnectionConfig, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord, SeekTo,
-};
-use tokio::time::Instant;
+use ferry_client::{Admin, ConnectionConfig, Producer, ProducerConfig, ProducerRecord};
 
-use crate::harness::{client_address, eventually};
-use crate::support::BrokerProcess;
-
-/// Starts `ferry-broker` on `data_dir`, listening for clients on `listen`; returns it and its client address.
-fn start_broker(data_dir: &std::path::Path, listen: &str) -> (BrokerProcess, SocketAddr) {
-    tokio::task::block_in_place(|| {
-        let mut broker = BrokerProcess::start(&[
-            "--data-dir",
-            data_dir.to_str().expect("utf-8 temp path"),
-            "--listen",
-            listen,
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--fsync",
-            "always",
-        ]);
-        let address = client_address(&mut broker);
-        (broker, address)
-    })
-}
-
-fn stop_broker(broker: BrokerProcess, signal: libc::c_int) -> Vec<String> {
-    tokio::task::block_in_place(|| {
-        broker.signal(signal);
-        let (status, log) = broker.wait_for_exit();
-        if signal == libc::SIGTERM {
-            assert_eq!(status.code(), Some(0), "clean exit on SIGTERM; log: {log:#?}");
-        }
-        log
-    })
-}
+use crate::chaos::driver::{start_broker, stop_broker};
+use crate::chaos::read_all;
+use crate::harness::eventually;
 
 /// Every record of `topic`'s partitions from the start to their current end, by (partition, offset).
 async fn read_everything(addr: &str, topic: &str, partitions: u32) -> BTreeMap<(u32, u64), String> {
-    let admin = Admin::new(addr, ConnectionConfig::default()).expect("admin");
-    let info = admin.describe_topic(topic).await.expect("describe");
-    admin.close().await;
-    let total: u64 = info.partitions.iter().map(|partition| partition.end_offset - partition.start_offset).sum();
-    let mut consumer = Consumer::new(addr, ConsumerConfig::default()).expect("consumer");
-    consumer.assign(topic, 0..partitions).expect("assign");
-    consumer.seek_all(SeekTo::Earliest);
-    let mut records = BTreeMap::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while (records.len() as u64) < total {
-        assert!(Instant::now() < deadline, "read {} of {total} records", records.len());
-        for record in consumer.poll(Duration::from_millis(500)).await.expect("poll") {
-            let value = String::from_utf8(record.value.expect("value").to_vec()).expect("utf-8");
-            records.insert((record.partition, record.offset), value);
-        }
-    }
-    consumer.close().await;
-    records
+    let reads = read_all(addr, topic, partitions, Duration::from_secs(120)).await;
+    reads.into_iter().map(|read| ((read.partition, read.offset), read.value)).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,14 +7,20 @@
 //!   across 8 partitions, long polling, the CLI, metrics, clean restarts, topic deletion.
 //! - `bad_input`: malformed frames (raw TCP) and invalid requests on a live broker, the connection limit, the
 //!   request-read timeout; other clients are not disturbed.
+//! - `chaos`: Jepsen-style histories and their checker (lost, duplicated, reordered values, offset gaps), and the
+//!   crash driver: the real binary SIGKILLed at seeded moments (also during recovery) while producers write.
 //! - `crash`: the real binary restarted (SIGTERM) and killed (SIGKILL) while a producer sends.
+//! - `fault_proxy`: a frame-aware TCP proxy that drops, duplicates, delays and resets requests and responses, and
+//!   its self-tests.
 //! - `harness`: an in-process test broker, the binary's client address, raw frames, metric values.
 //! - `support`: a broker child process whose stderr log lines the tests can wait for, and a tiny HTTP scraper.
 
 mod bad_input;
 mod binary;
+mod chaos;
 mod crash;
 mod end_to_end;
+mod fault_proxy;
 mod harness;
 mod idempotence;
 mod in_process;
