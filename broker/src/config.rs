@@ -101,6 +101,8 @@ pub mod bounds {
     pub const PARTITIONS: Bounds = Bounds { min: 1, max: 100_000 };
     /// `producers.ids_max`: active idempotent producer ids.
     pub const PRODUCER_IDS: Bounds = Bounds { min: 1, max: 10_000_000 };
+    /// `producers.entries_max`: (producer id, partition) pairs with dedup state, over the whole broker.
+    pub const PRODUCER_ENTRIES: Bounds = Bounds { min: 1, max: 100_000_000 };
     /// `producers.id_expiration_ms`: 1 second (for tests) to 30 days.
     pub const PRODUCER_ID_EXPIRATION_MS: Bounds = Bounds { min: 1000, max: 30 * 24 * 3600 * 1000 };
     /// `producers.snapshot_interval_ms`: 100 ms to 1 hour.
@@ -214,6 +216,11 @@ pub struct ProducersConfig {
     /// (issued and not expired). `InitProducerId` over it gets `PRODUCER_ID_LIMIT`; a live producer is never evicted
     /// to make room. It is also each partition's limit on the producer ids it tracks.
     pub ids_max: u32,
+    /// `producers.entries_max`, default 1000000, bounds [`bounds::PRODUCER_ENTRIES`]: the most (producer id,
+    /// partition) pairs with dedup state over the whole broker, which bounds the dedup tables' memory (about 256 bytes
+    /// each, see `ferry_log::producers::ENTRY_BYTES_MAX`). A producer's first batch to a partition over it gets
+    /// `PRODUCER_ID_LIMIT`; live state is never evicted.
+    pub entries_max: u32,
     /// `producers.id_expiration_ms`, milliseconds, default 1 day, bounds [`bounds::PRODUCER_ID_EXPIRATION_MS`]:
     /// a producer id that writes nothing for this long is forgotten (its next batch gets `UNKNOWN_PRODUCER_ID`).
     /// Must be far longer than any producer's delivery timeout, which clients check.
@@ -233,6 +240,7 @@ impl Default for ProducersConfig {
     fn default() -> ProducersConfig {
         ProducersConfig {
             ids_max: 100_000,
+            entries_max: 1_000_000,
             id_expiration: DAY,
             snapshot_interval: Duration::from_secs(60),
             snapshot_bytes: 64 * 1024 * 1024,
@@ -486,6 +494,7 @@ impl Config {
         check("server.partitions_max", server.partitions_max.into(), bounds::PARTITIONS)?;
         let producers = &self.producers;
         check("producers.ids_max", producers.ids_max.into(), bounds::PRODUCER_IDS)?;
+        check("producers.entries_max", producers.entries_max.into(), bounds::PRODUCER_ENTRIES)?;
         check("producers.id_expiration_ms", millis(producers.id_expiration), bounds::PRODUCER_ID_EXPIRATION_MS)?;
         check(
             "producers.snapshot_interval_ms",

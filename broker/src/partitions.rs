@@ -45,7 +45,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use ferry_log::producers::{ProducerSetup, ProducerSnapshot, ProducerStateConfig, SnapshotSink};
+use ferry_log::producers::{EntryBudget, ProducerSetup, ProducerSnapshot, ProducerStateConfig, SnapshotSink};
 use ferry_log::{
     AppendHandle, Appender, Clock, LogConfig, LogError, LogReader, LogStatus, RealFs, RecoveryReport, Storage,
     SystemClock,
@@ -281,6 +281,8 @@ pub struct Partitions {
     /// Set by [`Partitions::shutdown`]; admin operations are refused afterwards.
     shut_down: std::sync::atomic::AtomicBool,
     recovery_reports: Vec<PartitionRecovery>,
+    /// The producer entries every partition's dedup table draws from (`producers.entries_max`).
+    budget: Arc<EntryBudget>,
 }
 
 /// A partition to open: everything the blocking open needs.
@@ -292,6 +294,7 @@ struct OpenJob {
     dir: PathBuf,
     log_config: LogConfig,
     producers: ProducerStateConfig,
+    budget: Arc<EntryBudget>,
     meta: Arc<MetaStore>,
 }
 
@@ -332,8 +335,11 @@ impl Partitions {
         let mut topics = BTreeMap::new();
         let mut recovery_reports = Vec::new();
         let mut jobs = Vec::new();
+        let budget = EntryBudget::new(usize::try_from(config.producers.entries_max).unwrap_or(usize::MAX));
         for record in &records {
-            jobs.extend(open_jobs(&config, &meta, &logs_dir, record).map_err(PartitionsError::InvalidLogConfig)?);
+            jobs.extend(
+                open_jobs(&config, &meta, &budget, &logs_dir, record).map_err(PartitionsError::InvalidLogConfig)?,
+            );
         }
         let mut opened = open_partitions(jobs).await?;
         for record in records {
@@ -359,6 +365,7 @@ impl Partitions {
             admin: tokio::sync::Mutex::new(()),
             shut_down: std::sync::atomic::AtomicBool::new(false),
             recovery_reports,
+            budget,
         })
     }
 
@@ -407,8 +414,8 @@ impl Partitions {
             let (meta, spec) = (Arc::clone(&self.meta), spec.clone());
             blocking(move || meta.create_topic(&spec, now_ms()).map_err(PartitionsError::from)).await?
         };
-        let jobs =
-            open_jobs(&self.config, &self.meta, &self.logs_dir, &record).map_err(PartitionsError::InvalidLogConfig)?;
+        let jobs = open_jobs(&self.config, &self.meta, &self.budget, &self.logs_dir, &record)
+            .map_err(PartitionsError::InvalidLogConfig)?;
         let topic_dir = topic_dir(&self.logs_dir, &record);
         let opened = {
             let (logs_dir, topic_dir) = (self.logs_dir.clone(), topic_dir.clone());
@@ -572,6 +579,7 @@ pub fn log_config(config: &Config, overrides: &TopicConfig, topic: &str, partiti
 fn open_jobs(
     config: &Config,
     meta: &Arc<MetaStore>,
+    budget: &Arc<EntryBudget>,
     logs_dir: &Path,
     record: &TopicRecord,
 ) -> Result<Vec<OpenJob>, LogError> {
@@ -592,6 +600,7 @@ fn open_jobs(
                 dir: partition_dir(logs_dir, record, partition),
                 log_config,
                 producers,
+                budget: Arc::clone(budget),
                 meta: Arc::clone(meta),
             })
         })
@@ -682,7 +691,13 @@ fn open_partition(job: &OpenJob) -> Result<Opened, LogError> {
         }
     };
     let sink = MetaSnapshotSink { meta: Arc::clone(&job.meta), topic_id: job.topic_id, partition: job.partition };
-    let setup = ProducerSetup { config: job.producers, snapshot, sink: Some(Arc::new(sink)), clock };
+    let setup = ProducerSetup {
+        config: job.producers,
+        snapshot,
+        sink: Some(Arc::new(sink)),
+        clock,
+        budget: Arc::clone(&job.budget),
+    };
     let appender =
         Appender::start_with_producers(log, &format!("{}-{}", job.topic, job.partition), &job.log_config, setup)?;
     Ok(Opened { partition: job.partition, appender, report })

@@ -23,9 +23,11 @@
 //! longer than any retry may take, so no retry of a written batch can meet an expired entry) gets
 //! `OUT_OF_ORDER_SEQUENCE` for its next batch and starts over with a new producer id.
 //!
-//! The table is bounded: at most `producers_max` entries (a new producer id over the limit gets
-//! [`ProducerError::TooManyProducers`]; a live producer's entry is never evicted to make room), each holding at most
-//! [`BATCHES_RETAINED`] batches. Entries expire after `expiration` without a write ([`ProducerTable::expire`]).
+//! The table is bounded: at most `producers_max` entries, and every table of a broker draws its entries from one
+//! shared [`EntryBudget`] (a new producer id over either limit gets [`ProducerError::TooManyProducers`]; a live
+//! producer's entry is never evicted to make room). Each entry holds at most [`BATCHES_RETAINED`] batches, so the
+//! memory of all tables together is at most the budget times [`ENTRY_BYTES_MAX`]. Entries expire after `expiration`
+//! without a write ([`ProducerTable::expire`]).
 //!
 //! Durability: the log is the source of truth. Every batch header holds what [`ProducerTable::record`] needs, so the
 //! table is rebuilt by replaying the headers of the log from a [`ProducerSnapshot`] (taken by the appender after a
@@ -34,6 +36,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ferry_protocol::batch::{BatchHeader, NO_PRODUCER_ID, sequence_add, split_batches};
@@ -46,6 +49,10 @@ use crate::log::PartitionLog;
 /// flight per partition and still have every retry recognised (Kafka's `NUM_BATCHES_TO_RETAIN`; Redpanda's fix for
 /// duplicates after retries, redpanda#3039, was to retain as many).
 pub const BATCHES_RETAINED: usize = 5;
+
+/// An upper bound of the memory one table entry takes: the map slot (key, entry, control byte, load-factor slack)
+/// plus the heap block of its [`BATCHES_RETAINED`] batches. Used to state the memory bound (ARCHITECTURE.md).
+pub const ENTRY_BYTES_MAX: usize = 256;
 
 /// What the table remembers of one batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,11 +118,16 @@ pub enum ProducerError {
         /// The batch's epoch.
         received: i32,
     },
-    /// The partition already holds state for `max` producer ids; a new one is refused rather than evicting a live one.
-    #[error("the partition tracks its maximum of {max} producer ids")]
+    /// The partition, or the broker as a whole, already holds its maximum of producer entries; a new producer is
+    /// refused rather than evicting a live one.
+    #[error("{scope} tracks its maximum of {max} producer entries ({setting})")]
     TooManyProducers {
+        /// `"the partition"` or `"the broker"`.
+        scope: &'static str,
         /// The limit.
         max: usize,
+        /// The setting that raises it.
+        setting: &'static str,
     },
     /// The batch's producer fields are not valid (a negative epoch or sequence with a producer id).
     #[error("invalid producer fields: {reason}")]
@@ -135,22 +147,71 @@ pub struct ProducerSnapshot {
     pub entries: Vec<(i64, ProducerEntry)>,
 }
 
+/// The number of producer entries every dedup table of a broker may hold together: the bound on their memory.
+///
+/// Shared by all partitions (an `Arc`); a table takes one unit per entry it creates and gives it back when the entry
+/// expires or the table is dropped. Partitions inserting at the same instant may overshoot by one entry each.
+#[derive(Debug)]
+pub struct EntryBudget {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl EntryBudget {
+    /// A budget of `max` entries.
+    pub fn new(max: usize) -> Arc<EntryBudget> {
+        Arc::new(EntryBudget { used: AtomicUsize::new(0), max })
+    }
+
+    /// Entries held now, over every table.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// The limit.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    fn take(&self, n: usize) {
+        self.used.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn give_back(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::Relaxed);
+    }
+}
+
 /// The dedup table of one partition (see the module docs). Owned by the partition's appender thread.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ProducerTable {
     entries: HashMap<i64, ProducerEntry>,
     producers_max: usize,
+    budget: Arc<EntryBudget>,
+}
+
+impl Drop for ProducerTable {
+    fn drop(&mut self) {
+        self.budget.give_back(self.entries.len());
+    }
 }
 
 impl ProducerTable {
-    /// An empty table that tracks at most `producers_max` producer ids.
+    /// An empty table that tracks at most `producers_max` producer ids, with a budget of its own.
     pub fn new(producers_max: usize) -> ProducerTable {
-        ProducerTable { entries: HashMap::new(), producers_max }
+        ProducerTable::with_budget(producers_max, EntryBudget::new(usize::MAX))
     }
 
-    /// A table holding a snapshot's entries (entries beyond `producers_max` are kept: they were live when taken).
-    pub fn from_snapshot(snapshot: &ProducerSnapshot, producers_max: usize) -> ProducerTable {
-        ProducerTable { entries: snapshot.entries.iter().cloned().collect(), producers_max }
+    /// An empty table that tracks at most `producers_max` producer ids, drawing its entries from `budget`.
+    pub fn with_budget(producers_max: usize, budget: Arc<EntryBudget>) -> ProducerTable {
+        ProducerTable { entries: HashMap::new(), producers_max, budget }
+    }
+
+    /// A table holding a snapshot's entries (kept even beyond the limits: they were live when taken).
+    pub fn from_snapshot(snapshot: &ProducerSnapshot, producers_max: usize, budget: Arc<EntryBudget>) -> ProducerTable {
+        let entries: HashMap<i64, ProducerEntry> = snapshot.entries.iter().cloned().collect();
+        budget.take(entries.len());
+        ProducerTable { entries, producers_max, budget }
     }
 
     /// Producer ids tracked.
@@ -178,7 +239,12 @@ impl ProducerTable {
                 return Err(ProducerError::OutOfOrder { expected: 0, received: first });
             }
             if self.entries.len() >= self.producers_max {
-                return Err(ProducerError::TooManyProducers { max: self.producers_max });
+                let (scope, max, setting) = ("the partition", self.producers_max, "producers.ids_max");
+                return Err(ProducerError::TooManyProducers { scope, max, setting });
+            }
+            if self.budget.used() >= self.budget.max() {
+                let (scope, max, setting) = ("the broker", self.budget.max(), "producers.entries_max");
+                return Err(ProducerError::TooManyProducers { scope, max, setting });
             }
             return Ok(SequenceCheck::Append);
         };
@@ -219,10 +285,14 @@ impl ProducerTable {
             first_offset: header.base_offset,
             last_offset: header.last_offset(),
         };
-        let entry = self.entries.entry(header.producer_id).or_insert_with(|| ProducerEntry {
-            epoch: header.producer_epoch,
-            batches: VecDeque::with_capacity(BATCHES_RETAINED),
-            last_write_ms: now_ms,
+        let budget = &self.budget;
+        let entry = self.entries.entry(header.producer_id).or_insert_with(|| {
+            budget.take(1);
+            ProducerEntry {
+                epoch: header.producer_epoch,
+                batches: VecDeque::with_capacity(BATCHES_RETAINED),
+                last_write_ms: now_ms,
+            }
         });
         if header.producer_epoch > entry.epoch {
             entry.epoch = header.producer_epoch;
@@ -240,7 +310,9 @@ impl ProducerTable {
         let before = self.entries.len();
         let cutoff = now_ms.saturating_sub(expiration_ms);
         self.entries.retain(|_, entry| entry.last_write_ms > cutoff);
-        before - self.entries.len()
+        let expired = before - self.entries.len();
+        self.budget.give_back(expired);
+        expired
     }
 
     /// The table as a snapshot at log offset `offset`.
@@ -295,6 +367,8 @@ pub struct ProducerSetup {
     pub sink: Option<Arc<dyn SnapshotSink>>,
     /// The clock for write times and expiry.
     pub clock: Arc<dyn Clock>,
+    /// The broker-wide budget of producer entries this partition's table draws from.
+    pub budget: Arc<EntryBudget>,
 }
 
 impl Default for ProducerSetup {
@@ -304,6 +378,7 @@ impl Default for ProducerSetup {
             snapshot: None,
             sink: None,
             clock: Arc::new(SystemClock),
+            budget: EntryBudget::new(usize::MAX),
         }
     }
 }
@@ -335,10 +410,11 @@ pub fn rebuild(log: &dyn PartitionLog, setup: &ProducerSetup) -> Result<(Produce
     let (start, end) = (log.start_offset(), log.end_offset());
     let usable = setup.snapshot.as_ref().filter(|snapshot| snapshot.offset <= end);
     let (mut table, mut from) = match usable {
-        Some(snapshot) => {
-            (ProducerTable::from_snapshot(snapshot, setup.config.producers_max), snapshot.offset.max(start))
-        }
-        None => (ProducerTable::new(setup.config.producers_max), start),
+        Some(snapshot) => (
+            ProducerTable::from_snapshot(snapshot, setup.config.producers_max, Arc::clone(&setup.budget)),
+            snapshot.offset.max(start),
+        ),
+        None => (ProducerTable::with_budget(setup.config.producers_max, Arc::clone(&setup.budget)), start),
     };
     let replayed_from = from;
     let mut batches_replayed = 0u64;

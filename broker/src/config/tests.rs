@@ -79,6 +79,7 @@ fn ops_broker_toml_lists_every_key() {
         "partitions_max",
         "[producers]",
         "ids_max",
+        "entries_max",
         "id_expiration_ms",
         "snapshot_interval_ms",
         "snapshot_bytes",
@@ -158,6 +159,7 @@ fn validate_names_the_key_out_of_bounds() {
     check_invalid("server.frame_bytes_max", |config| config.server.frame_bytes_max = 1024);
     check_invalid("server.partitions_per_topic_max", |config| config.server.partitions_per_topic_max = 0);
     check_invalid("producers.ids_max", |config| config.producers.ids_max = 0);
+    check_invalid("producers.entries_max", |config| config.producers.entries_max = 0);
     check_invalid("producers.id_expiration_ms", |config| config.producers.id_expiration = Duration::from_millis(999));
     check_invalid("producers.snapshot_interval_ms", |config| config.producers.snapshot_interval = Duration::ZERO);
     check_invalid("producers.snapshot_bytes", |config| config.producers.snapshot_bytes = 1);

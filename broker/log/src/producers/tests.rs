@@ -1,3 +1,5 @@
+use std::sync::Arc;
+
 use super::*;
 use ferry_protocol::batch::{NO_PRODUCER_EPOCH, NO_SEQUENCE, SEQUENCE_MAX};
 use proptest::prelude::*;
@@ -106,11 +108,31 @@ fn the_limit_refuses_new_producers_and_never_evicts_live_ones() {
     let mut table = ProducerTable::new(2);
     let _ = submit(&mut table, header(1, 0, 0, 1, 0), 0, 0);
     let _ = submit(&mut table, header(2, 0, 0, 1, 0), 1, 0);
-    assert_eq!(table.check(&header(3, 0, 0, 1, 0)), Err(ProducerError::TooManyProducers { max: 2 }));
+    let partition_full =
+        ProducerError::TooManyProducers { scope: "the partition", max: 2, setting: "producers.ids_max" };
+    assert_eq!(table.check(&header(3, 0, 0, 1, 0)), Err(partition_full));
     assert!(table.get(1).is_some() && table.get(2).is_some());
     assert_eq!(table.check(&header(1, 0, 1, 1, 0)), Ok(SequenceCheck::Append), "known producers go on");
     assert_eq!(table.expire(EXPIRATION_MS + 1, EXPIRATION_MS), 2);
     assert_eq!(table.check(&header(3, 0, 0, 1, 0)), Ok(SequenceCheck::Append));
+}
+
+#[test]
+fn every_table_of_a_broker_draws_from_one_budget() {
+    let budget = EntryBudget::new(3);
+    let mut first = ProducerTable::with_budget(10, Arc::clone(&budget));
+    let mut second = ProducerTable::with_budget(10, Arc::clone(&budget));
+    let _ = submit(&mut first, header(1, 0, 0, 1, 0), 0, 0);
+    let _ = submit(&mut first, header(2, 0, 0, 1, 0), 1, 0);
+    let _ = submit(&mut second, header(1, 0, 0, 1, 0), 0, 0);
+    assert_eq!(budget.used(), 3);
+    let broker_full = ProducerError::TooManyProducers { scope: "the broker", max: 3, setting: "producers.entries_max" };
+    assert_eq!(second.check(&header(9, 0, 0, 1, 0)), Err(broker_full));
+    assert_eq!(first.check(&header(1, 0, 1, 1, 0)), Ok(SequenceCheck::Append), "known producers go on");
+    drop(first);
+    assert_eq!(budget.used(), 1, "a dropped table gives its entries back");
+    assert_eq!(second.expire(EXPIRATION_MS + 1, EXPIRATION_MS), 1);
+    assert_eq!(budget.used(), 0, "expired entries are given back");
 }
 
 #[test]
@@ -132,7 +154,7 @@ fn snapshot_round_trips() {
     let snapshot = table.snapshot(end);
     assert_eq!(snapshot.offset, end);
     assert_eq!(snapshot.entries.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![1, 3]);
-    let restored = ProducerTable::from_snapshot(&snapshot, 10);
+    let restored = ProducerTable::from_snapshot(&snapshot, 10, EntryBudget::new(100));
     assert_eq!(restored.snapshot(end), snapshot);
 }
 

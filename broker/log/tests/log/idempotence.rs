@@ -190,7 +190,7 @@ fn the_partition_refuses_producers_over_its_limit() {
     let mut b = make_batch(1, 10, 1, 0);
     b.set_producer(ProducerFields { producer_id: 99, producer_epoch: 0, base_sequence: 0 });
     let error = append(&appender, b).expect_err("over the limit");
-    assert!(matches!(error, LogError::Producer(ProducerError::TooManyProducers { max: 4 })), "{error:?}");
+    assert!(matches!(error, LogError::Producer(ProducerError::TooManyProducers { max: 4, .. })), "{error:?}");
     assert_eq!(appender.active_producers(), 4);
     appender.shutdown().expect("shutdown");
 }
