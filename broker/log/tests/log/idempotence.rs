@@ -194,3 +194,21 @@ fn the_partition_refuses_producers_over_its_limit() {
     assert_eq!(appender.active_producers(), 4);
     appender.shutdown().expect("shutdown");
 }
+
+#[test]
+fn an_append_taken_after_its_deadline_writes_nothing() {
+    let fs = SimFs::new(7);
+    let config = small_config(FsyncPolicy::Always);
+    let appender = start(&fs, &config, &Arc::default(), false);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+    let handle = appender.handle();
+    let past = std::time::Instant::now() - std::time::Duration::from_millis(1);
+    let late = runtime.block_on(async { handle.submit_until(vec![batch(0, 2)], Some(past)).await?.wait().await });
+    assert!(matches!(late, Err(LogError::DeadlinePassed)), "{late:?}");
+    assert_eq!(appender.reader().visible_end(), 0, "nothing was written");
+    // The refused batch changed nothing: the same sequence is accepted as new.
+    let future = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let ack = runtime.block_on(async { handle.submit_until(vec![batch(0, 2)], Some(future)).await?.wait().await });
+    assert_eq!(ack.expect("in time").ranges, range(0, 1));
+    appender.shutdown().expect("shutdown");
+}
