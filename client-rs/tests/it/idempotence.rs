@@ -174,3 +174,43 @@ async fn a_gap_behind_an_earlier_failure_is_resent_in_order() {
     assert_eq!(stamps.iter().map(|(_, fields, _)| fields.base_sequence).collect::<Vec<_>>(), vec![0, 1, 0, 1]);
     producer.close().await.expect("closed");
 }
+
+/// Research F3 (Redpanda #3038/#3039): the broker remembers five batches per producer and partition. If the oldest
+/// batch's answer is lost while the next four are acknowledged, a client that went on sending would push the oldest
+/// out of the broker's window, and its retry would be refused instead of recognised. The producer sends nothing more
+/// than four batches past its oldest unresolved one.
+#[tokio::test]
+async fn no_batch_is_sent_five_past_an_unresolved_one() {
+    let peer = Peer::start().await;
+    peer.create_topic("orders", 1);
+    peer.set_hook(|request, _| match request {
+        Request::Produce(_) => Action::Forward,
+        _ => Action::Model,
+    });
+    // A request timeout far longer than the test, so the unanswered request stays in flight.
+    let connection = ConnectionConfig { request_timeout: Duration::from_secs(30), ..ConnectionConfig::default() };
+    let producer = Producer::new(&peer.addr, ProducerConfig { connection, ..config() }).expect("valid config");
+    let mut deliveries = Vec::new();
+    let mut requests = Vec::new();
+    for idx in 0..5 {
+        deliveries.push(producer.send(ProducerRecord::new("orders", format!("v{idx}"))).await.expect("accepted"));
+        requests.push(peer.next_forwarded().await);
+    }
+    // The first request stays unanswered (its answer is lost, as far as the producer knows); the next four succeed.
+    for request in &requests[1..] {
+        peer.answer(request).await;
+    }
+    deliveries.push(producer.send(ProducerRecord::new("orders", "v5")).await.expect("accepted"));
+    assert!(
+        peer.try_next_forwarded(Duration::from_millis(300)).await.is_none(),
+        "a sixth batch went out while the first was unresolved"
+    );
+    // Once the first is answered, the sixth goes.
+    peer.answer(&requests[0]).await;
+    let sixth = peer.next_forwarded().await;
+    peer.answer(&sixth).await;
+    for delivery in deliveries {
+        delivery.await.expect("acknowledged");
+    }
+    producer.close().await.expect("closed");
+}

@@ -212,3 +212,27 @@ fn an_append_taken_after_its_deadline_writes_nothing() {
     assert_eq!(ack.expect("in time").ranges, range(0, 1));
     appender.shutdown().expect("shutdown");
 }
+
+/// Research F8 (Redpanda #16706): a batch that failed must not let the one after it through, or the sequence has a
+/// hole that a retry of the failed batch can no longer fill in order.
+#[test]
+fn a_batch_after_one_that_failed_to_append_is_refused_until_the_failed_one_is_retried() {
+    let fs = SimFs::new(8);
+    let config = small_config(FsyncPolicy::Always);
+    let appender = start(&fs, &config, &Arc::default(), false);
+    append(&appender, batch(0, 1)).expect("append");
+    fs.fail_writes_after(Some(0));
+    let handle = appender.handle();
+    let first = handle.blocking_submit(vec![batch(1, 1)]).expect("queued");
+    let second = handle.blocking_submit(vec![batch(2, 1)]).expect("queued");
+    assert!(matches!(first.blocking_wait(), Err(LogError::DiskFull { .. })));
+    let refused = second.blocking_wait().expect_err("its predecessor is missing");
+    assert!(
+        matches!(refused, LogError::Producer(ProducerError::OutOfOrder { expected: 1, received: 2 })),
+        "{refused:?}"
+    );
+    fs.fail_writes_after(None);
+    assert_eq!(append(&appender, batch(1, 1)).expect("retried").ranges, range(1, 1));
+    assert_eq!(append(&appender, batch(2, 1)).expect("retried").ranges, range(2, 2));
+    appender.shutdown().expect("shutdown");
+}
