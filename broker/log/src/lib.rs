@@ -30,6 +30,8 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod fs;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod index;
 pub mod log;
 pub mod metrics;

@@ -1,6 +1,7 @@
 use std::sync::Arc;
 
 use super::*;
+use crate::fuzz::{ProducerOp, producer_ops};
 use ferry_protocol::batch::{NO_PRODUCER_EPOCH, NO_SEQUENCE, SEQUENCE_MAX};
 use proptest::prelude::*;
 
@@ -158,207 +159,29 @@ fn snapshot_round_trips() {
     assert_eq!(restored.snapshot(end), snapshot);
 }
 
-/// One step of a simulated producer population.
-#[derive(Debug, Clone)]
-enum Op {
-    /// Producer `p` sends its next new batch of `count` records.
-    Send { p: usize, count: u32 },
-    /// Producer `p` resends one of its batches still in flight (`idx` picks which, modulo the window).
-    Retry { p: usize, idx: usize },
-    /// The oldest in-flight batch of producer `p` is acknowledged: it leaves the window.
-    Ack { p: usize },
-    /// Producer `p` sends a batch with a gap in its sequence (a client bug or a lost earlier batch), of 8 records,
-    /// a count no other batch has (see the uniqueness check at the end).
-    Gap { p: usize },
-    /// Producer `p` restarts with a bumped epoch (from sequence 0).
-    Bump { p: usize },
-    /// A zombie of producer `p` sends with the previous epoch.
-    Zombie { p: usize },
-    /// Time passes beyond the expiration; producers idle since are forgotten, and their clients gave up.
-    Expire,
-}
-
-fn op() -> impl Strategy<Value = Op> {
-    let p = 0..3usize;
+fn op() -> impl Strategy<Value = ProducerOp> {
+    let p = 0..3u8;
     prop_oneof![
-        6 => (p.clone(), 1..5u32).prop_map(|(p, count)| Op::Send { p, count }),
-        4 => (p.clone(), 0..5usize).prop_map(|(p, idx)| Op::Retry { p, idx }),
-        4 => p.clone().prop_map(|p| Op::Ack { p }),
-        1 => p.clone().prop_map(|p| Op::Gap { p }),
-        1 => p.clone().prop_map(|p| Op::Bump { p }),
-        1 => p.clone().prop_map(|p| Op::Zombie { p }),
-        1 => Just(Op::Expire),
+        6 => (p.clone(), 1..5u32).prop_map(|(p, count)| ProducerOp::Send { p, count }),
+        4 => (p.clone(), 0..5u8).prop_map(|(p, idx)| ProducerOp::Retry { p, idx }),
+        4 => p.clone().prop_map(|p| ProducerOp::Ack { p }),
+        1 => p.clone().prop_map(|p| ProducerOp::Gap { p }),
+        1 => p.clone().prop_map(|p| ProducerOp::Bump { p }),
+        1 => p.clone().prop_map(|p| ProducerOp::Zombie { p }),
+        1 => Just(ProducerOp::Expire),
     ]
-}
-
-/// A batch as the simulated client built it.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Sent {
-    epoch: i32,
-    first: i32,
-    count: u32,
-}
-
-#[derive(Debug)]
-struct Client {
-    id: i64,
-    epoch: i32,
-    next: i32,
-    /// Batches sent and not yet acknowledged, oldest first; never more than `BATCHES_RETAINED` (the client's rule).
-    in_flight: VecDeque<Sent>,
-}
-
-/// The log as the model sees it: every written batch, in offset order.
-#[derive(Debug, Default)]
-struct ModelLog {
-    batches: Vec<(i64, Sent, u64)>,
-    end: u64,
-    /// Batches below this index were written before the last expiry: the broker has forgotten them.
-    remembered_from: usize,
-}
-
-impl ModelLog {
-    /// The remembered batches of one producer and epoch, in order.
-    fn of(&self, id: i64, epoch: i32) -> impl Iterator<Item = &(i64, Sent, u64)> {
-        self.remembered().filter(move |(bid, sent, _)| *bid == id && sent.epoch == epoch)
-    }
-
-    fn remembered(&self) -> impl Iterator<Item = &(i64, Sent, u64)> {
-        self.batches[self.remembered_from..].iter()
-    }
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(if std::env::var_os("FERRY_SLOW_TESTS").is_some() { 4096 } else { 256 }))]
 
-    /// Against a model that remembers every batch ever written: the table appends exactly the batches the model says
-    /// are new, recognises every retry of a batch in the client's window with its original offsets, refuses gaps and
-    /// zombies without changing state; and in the end no batch was written twice and each producer's batches are in
-    /// sequence order, across wrap-around, epoch bumps and expiry.
+    /// The table against the model of [`crate::fuzz::producer_ops`] over random streams of sends, retries, gaps,
+    /// epoch bumps, zombies and expiry, some producers starting near the end of the sequence space (wrap-around).
     #[test]
     fn the_table_agrees_with_a_model_over_random_streams(
         ops in prop::collection::vec(op(), 1..200),
         start_near_max in any::<[bool; 3]>(),
     ) {
-        let mut table = ProducerTable::new(100);
-        let mut log = ModelLog::default();
-        let mut now = 0i64;
-        let mut clients: Vec<Client> = (0..3)
-            .map(|p| Client {
-                id: 10 + p as i64,
-                epoch: 0,
-                next: if start_near_max[p] { SEQUENCE_MAX - 3 } else { 0 },
-                in_flight: VecDeque::new(),
-            })
-            .collect();
-        // A producer starting near the end of the sequence space has a history: record it in the table and the model.
-        for client in clients.iter_mut().filter(|client| client.next != 0) {
-            let sent = Sent { epoch: 0, first: client.next - 3, count: 3 };
-            table.record(&header(client.id, 0, sent.first, sent.count, log.end), now);
-            log.batches.push((client.id, sent, log.end));
-            log.end += 3;
-        }
-        for op in ops {
-            now += 1;
-            let (p, sent) = match op {
-                Op::Send { p, count } => {
-                    let client = &mut clients[p];
-                    if client.in_flight.len() == BATCHES_RETAINED {
-                        continue;
-                    }
-                    let sent = Sent { epoch: client.epoch, first: client.next, count };
-                    client.next = sequence_add(client.next, count);
-                    client.in_flight.push_back(sent);
-                    (p, sent)
-                }
-                Op::Retry { p, idx } => {
-                    let client = &clients[p];
-                    if client.in_flight.is_empty() {
-                        continue;
-                    }
-                    (p, client.in_flight[idx % client.in_flight.len()])
-                }
-                Op::Ack { p } => {
-                    // Only a batch that was written can be acknowledged.
-                    let client = &mut clients[p];
-                    if let Some(front) = client.in_flight.front().copied()
-                        && log.of(client.id, front.epoch).any(|(_, sent, _)| *sent == front)
-                    {
-                        client.in_flight.pop_front();
-                    }
-                    continue;
-                }
-                Op::Gap { p } => {
-                    let client = &clients[p];
-                    (p, Sent { epoch: client.epoch, first: sequence_add(client.next, 7), count: 8 })
-                }
-                Op::Bump { p } => {
-                    let client = &mut clients[p];
-                    client.epoch += 1;
-                    client.next = 0;
-                    client.in_flight.clear();
-                    continue;
-                }
-                Op::Zombie { p } => {
-                    let client = &clients[p];
-                    if client.epoch == 0 {
-                        continue;
-                    }
-                    // A count no client batch has (see the uniqueness check at the end).
-                    (p, Sent { epoch: client.epoch - 1, first: 0, count: 9 })
-                }
-                Op::Expire => {
-                    now += EXPIRATION_MS;
-                    table.expire(now, EXPIRATION_MS);
-                    log.remembered_from = log.batches.len();
-                    // The clients gave up on their batches and start over with new producer ids.
-                    for client in &mut clients {
-                        client.in_flight.clear();
-                        client.id += 100;
-                        client.epoch = 0;
-                        client.next = 0;
-                    }
-                    continue;
-                }
-            };
-            let id = clients[p].id;
-            let h = header(id, sent.epoch, sent.first, sent.count, 0);
-            // The model's verdict, from the whole history.
-            let known = log.remembered().any(|(bid, ..)| *bid == id);
-            prop_assert_eq!(table.get(id).is_some(), known);
-            let newest_epoch = log.remembered().filter(|(bid, ..)| *bid == id).map(|(_, s, _)| s.epoch).max();
-            let written: Vec<&(i64, Sent, u64)> = log.of(id, sent.epoch).collect();
-            let expected = if !known {
-                if sent.first == 0 { Ok(SequenceCheck::Append) } else { Err(ProducerError::OutOfOrder { expected: 0, received: sent.first }) }
-            } else if newest_epoch.is_some_and(|newest| sent.epoch < newest) {
-                Err(ProducerError::Fenced { current: newest_epoch.unwrap_or(0), received: sent.epoch })
-            } else if newest_epoch.is_some_and(|newest| sent.epoch > newest) {
-                if sent.first == 0 { Ok(SequenceCheck::Append) } else { Err(ProducerError::OutOfOrder { expected: 0, received: sent.first }) }
-            } else if let Some((_, _, offset)) = written.iter().rev().take(BATCHES_RETAINED).find(|(_, s, _)| s.first == sent.first && s.count == sent.count) {
-                Ok(SequenceCheck::Duplicate { first_offset: *offset, last_offset: offset + u64::from(sent.count) - 1 })
-            } else {
-                let (_, last, _) = written.last().expect("a known producer in its epoch has written");
-                let expected = sequence_add(last.first, last.count);
-                if sent.first == expected { Ok(SequenceCheck::Append) } else { Err(ProducerError::OutOfOrder { expected, received: sent.first }) }
-            };
-            let before = table.snapshot(log.end);
-            let (verdict, end) = submit(&mut table, h, log.end, now);
-            prop_assert_eq!(verdict, expected);
-            match verdict {
-                Ok(SequenceCheck::Append) => {
-                    log.batches.push((id, sent, log.end));
-                    log.end = end;
-                }
-                _ => prop_assert_eq!(table.snapshot(log.end), before, "only an append changes the table"),
-            }
-        }
-        // No batch was written twice: every client batch is unique by (producer, epoch, first sequence, count)
-        // within one wrap of the sequence space, which these short runs never complete.
-        let mut seen = std::collections::HashSet::new();
-        // Gap (count 8) and zombie (count 9) batches are left out: a producer whose state expired may start anywhere,
-        // so those may be written again after an expiry, as the module docs say.
-        for (id, sent, _) in log.batches.iter().filter(|(_, sent, _)| sent.count < 8) {
-            prop_assert!(seen.insert((*id, sent.epoch, sent.first, sent.count)), "written twice: {:?}", sent);
-        }
+        producer_ops(&ops, start_near_max);
     }
 }

@@ -5,6 +5,7 @@ mod common;
 mod corruption;
 mod disk_full;
 mod fsync_failure;
+mod fuzz_corpus;
 mod group_commit;
 mod idempotence;
 mod model;
