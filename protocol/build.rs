@@ -7,8 +7,14 @@
 use std::path::PathBuf;
 
 /// The schemas, in the order they are documented; all are package `ferry.v1`.
-const PROTO_FILES: &[&str] =
-    &["proto/api.proto", "proto/topics.proto", "proto/produce.proto", "proto/fetch.proto", "proto/offsets.proto"];
+const PROTO_FILES: &[&str] = &[
+    "proto/api.proto",
+    "proto/topics.proto",
+    "proto/produce.proto",
+    "proto/fetch.proto",
+    "proto/offsets.proto",
+    "proto/groups.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");

@@ -20,6 +20,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigError};
 use crate::data_dir::{self, DataDirLock};
+use crate::groups::lag::GroupMetrics;
+use crate::groups::{self, Coordinator, TopicSource};
 use crate::meta::{MetaConfig, MetaError, MetaStore};
 use crate::metrics;
 use crate::partitions::{PartitionRecovery, Partitions, PartitionsError};
@@ -164,8 +166,25 @@ impl Broker {
         let partitions =
             Partitions::open(Arc::clone(&config), Arc::clone(&meta)).await.map_err(StartupError::Partitions)?;
         let partitions = Arc::new(partitions);
-        let state =
-            Arc::new(ServerState::new(Arc::clone(&config), Arc::clone(&partitions), shutdown.clone(), tasks.clone()));
+        let source: Arc<dyn TopicSource> = Arc::clone(&partitions) as Arc<dyn TopicSource>;
+        let groups = Arc::new(Coordinator::new(config.groups.clone(), source));
+        let group_metrics = Arc::new(GroupMetrics::default());
+        tasks.spawn(groups::run_background(
+            Arc::clone(&groups),
+            Arc::clone(&meta),
+            Arc::clone(&partitions),
+            Arc::clone(&group_metrics),
+            shutdown.clone(),
+        ));
+        let state = Arc::new(ServerState::new(
+            Arc::clone(&config),
+            Arc::clone(&partitions),
+            shutdown.clone(),
+            tasks.clone(),
+            Arc::clone(&meta),
+            groups,
+            group_metrics,
+        ));
         tasks.spawn(server::run(listener, state, shutdown.clone()));
         // Tests and operators find the (possibly ephemeral) port in this line.
         tracing::info!("listening on {address}");

@@ -25,6 +25,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::groups::Coordinator;
+use crate::groups::lag::GroupMetrics;
+use crate::meta::MetaStore;
 use crate::metrics::{CONNECTIONS_REJECTED_TOTAL, LABEL_REASON};
 use crate::partitions::Partitions;
 
@@ -54,6 +57,12 @@ pub struct ServerState {
     pub(crate) shutdown: CancellationToken,
     /// Tracks every connection and request task, so shutdown can wait for them.
     pub(crate) tasks: TaskTracker,
+    /// The metadata store (committed offsets). Its calls block: use `spawn_blocking`.
+    pub(crate) meta: Arc<MetaStore>,
+    /// The consumer-group coordinator.
+    pub(crate) groups: Arc<Coordinator>,
+    /// The consumer-group offset and lag metrics.
+    pub(crate) group_metrics: Arc<GroupMetrics>,
 }
 
 impl ServerState {
@@ -63,6 +72,9 @@ impl ServerState {
         partitions: Arc<Partitions>,
         shutdown: CancellationToken,
         tasks: TaskTracker,
+        meta: Arc<MetaStore>,
+        groups: Arc<Coordinator>,
+        group_metrics: Arc<GroupMetrics>,
     ) -> ServerState {
         ServerState {
             config,
@@ -70,6 +82,9 @@ impl ServerState {
             reads: Arc::new(Semaphore::new(crate::handlers::fetch::FETCH_READS_CONCURRENT_MAX)),
             shutdown,
             tasks,
+            meta,
+            groups,
+            group_metrics,
         }
     }
 }

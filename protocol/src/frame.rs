@@ -45,7 +45,7 @@ pub const FRAME_HEADER_BYTES: u32 = 10;
 /// The apis of protocol version 1, by their stable api key.
 ///
 /// A key, once assigned, never changes meaning.
-/// Reserved, not yet implemented: 8 = InitProducerId, 20-39 consumer groups, 40-59 transactions,
+/// Reserved, not yet implemented: 8 = InitProducerId, 27-39 consumer groups, 40-59 transactions,
 /// 60-79 queue groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u16)]
@@ -66,11 +66,25 @@ pub enum ApiKey {
     Fetch = 6,
     /// Looks up offsets by position or timestamp.
     ListOffsets = 7,
+    /// Joins a consumer group.
+    JoinGroup = 20,
+    /// Keeps a group membership alive and learns the member's assignment.
+    Heartbeat = 21,
+    /// Leaves a consumer group.
+    LeaveGroup = 22,
+    /// Commits a group's offsets.
+    OffsetCommit = 23,
+    /// Reads a group's committed offsets.
+    OffsetFetch = 24,
+    /// Lists the consumer groups.
+    ListGroups = 25,
+    /// Describes consumer groups: members and assignments.
+    DescribeGroups = 26,
 }
 
 impl ApiKey {
     /// Every api this build speaks, in api-key order (the order ApiVersions lists them in).
-    pub const ALL: [ApiKey; 8] = [
+    pub const ALL: [ApiKey; 15] = [
         ApiKey::ApiVersions,
         ApiKey::CreateTopics,
         ApiKey::DeleteTopics,
@@ -79,6 +93,13 @@ impl ApiKey {
         ApiKey::Produce,
         ApiKey::Fetch,
         ApiKey::ListOffsets,
+        ApiKey::JoinGroup,
+        ApiKey::Heartbeat,
+        ApiKey::LeaveGroup,
+        ApiKey::OffsetCommit,
+        ApiKey::OffsetFetch,
+        ApiKey::ListGroups,
+        ApiKey::DescribeGroups,
     ];
 
     /// The numeric key sent in the frame header.
@@ -97,6 +118,13 @@ impl ApiKey {
             ApiKey::Produce => "produce",
             ApiKey::Fetch => "fetch",
             ApiKey::ListOffsets => "list_offsets",
+            ApiKey::JoinGroup => "join_group",
+            ApiKey::Heartbeat => "heartbeat",
+            ApiKey::LeaveGroup => "leave_group",
+            ApiKey::OffsetCommit => "offset_commit",
+            ApiKey::OffsetFetch => "offset_fetch",
+            ApiKey::ListGroups => "list_groups",
+            ApiKey::DescribeGroups => "describe_groups",
         }
     }
 

@@ -230,6 +230,13 @@ apis! {
     Produce => ProduceRequest, ProduceResponse;
     Fetch => FetchRequest, FetchResponse;
     ListOffsets => ListOffsetsRequest, ListOffsetsResponse;
+    JoinGroup => JoinGroupRequest, JoinGroupResponse;
+    Heartbeat => HeartbeatRequest, HeartbeatResponse;
+    LeaveGroup => LeaveGroupRequest, LeaveGroupResponse;
+    OffsetCommit => OffsetCommitRequest, OffsetCommitResponse;
+    OffsetFetch => OffsetFetchRequest, OffsetFetchResponse;
+    ListGroups => ListGroupsRequest, ListGroupsResponse;
+    DescribeGroups => DescribeGroupsRequest, DescribeGroupsResponse;
 }
 
 impl From<ErrorResponse> for Response {
@@ -254,7 +261,14 @@ impl Request {
             | Request::CreateTopics(_)
             | Request::DeleteTopics(_)
             | Request::ListTopics(_)
-            | Request::DescribeTopics(_) => Ok(()),
+            | Request::DescribeTopics(_)
+            | Request::JoinGroup(_)
+            | Request::Heartbeat(_)
+            | Request::LeaveGroup(_)
+            | Request::OffsetCommit(_)
+            | Request::OffsetFetch(_)
+            | Request::ListGroups(_)
+            | Request::DescribeGroups(_) => Ok(()),
         }
     }
 }
