@@ -8,6 +8,8 @@
 //! - `bad_input`: malformed frames (raw TCP) and invalid requests on a live broker, the connection limit, the
 //!   request-read timeout; other clients are not disturbed.
 //! - `crash`: the real binary restarted (SIGTERM) and killed (SIGKILL) while a producer sends.
+//! - `groups`: consumer groups: a member killed among three, the delivery guarantees of the commit modes, stale
+//!   members fenced, cooperative rebalancing, static membership, committed offsets across a SIGKILL.
 //! - `harness`: an in-process test broker, the binary's client address, raw frames, metric values.
 //! - `support`: a broker child process whose stderr log lines the tests can wait for, and a tiny HTTP scraper.
 
@@ -15,6 +17,7 @@ mod bad_input;
 mod binary;
 mod crash;
 mod end_to_end;
+mod groups;
 mod harness;
 mod in_process;
 mod support;
