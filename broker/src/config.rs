@@ -105,8 +105,8 @@ pub mod bounds {
     pub const MEMBERS_PER_GROUP: Bounds = Bounds { min: 1, max: 100_000 };
     /// `groups.session_timeout_ms_min` and `groups.session_timeout_ms_max`: 100 ms to 1 hour.
     pub const SESSION_TIMEOUT_MS: Bounds = Bounds { min: 100, max: 3_600_000 };
-    /// `groups.offsets_retention_ms`: 1 minute to 100 years.
-    pub const OFFSETS_RETENTION_MS: Bounds = Bounds { min: 60_000, max: DURATION_MS_MAX };
+    /// `groups.offsets_retention_ms`: 1 second to 100 years.
+    pub const OFFSETS_RETENTION_MS: Bounds = Bounds { min: 1000, max: DURATION_MS_MAX };
     /// `groups.offsets_retention_check_interval_ms`: 1 second to 1 day.
     pub const OFFSETS_RETENTION_CHECK_INTERVAL_MS: Bounds = Bounds { min: 1000, max: 24 * 3600 * 1000 };
 }

@@ -150,7 +150,7 @@ fn validate_names_the_key_out_of_bounds() {
     check_invalid("groups.session_timeout_ms_max", |config| {
         config.groups.session_timeout_max = Duration::from_millis(500)
     });
-    check_invalid("groups.offsets_retention_ms", |config| config.groups.offsets_retention = Duration::from_secs(1));
+    check_invalid("groups.offsets_retention_ms", |config| config.groups.offsets_retention = Duration::from_millis(999));
     check_invalid("log.segment_bytes", |config| config.log.segment_bytes = 1 << 32);
     check_invalid("log.segment_ms", |config| config.log.segment_age = Duration::ZERO);
     check_invalid("log.retention_ms", |config| config.log.retention_age = Limit::AtMost(Duration::MAX));

@@ -533,3 +533,88 @@ async fn committed_offsets_survive_a_broker_sigkill() {
         broker.wait_for_exit();
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_consumes_as_a_group_and_describes_its_lag() {
+    use crate::end_to_end::ferry;
+    let broker = start_broker().await;
+    broker.create_topic("cli", 2, &[]).await;
+    let lines: String = (0..20).map(|line| format!("line {line}\n")).collect();
+    ferry(&broker.addr, &["produce", "cli", "--partition", "0"], lines.as_bytes()).await;
+
+    // Commit after printing: a second run of the same group continues where the first stopped.
+    let consume = |n: &'static str| ["consume", "cli", "--group", "readers", "--from-beginning", "--max-messages", n];
+    let first = ferry(&broker.addr, &consume("12"), b"").await;
+    assert_eq!(first.lines().count(), 12);
+    let described = ferry(&broker.addr, &["group", "describe", "readers"], b"").await;
+    assert!(described.contains("group: readers\tstate: empty"), "{described}");
+    assert!(described.contains("\tcli\t0\t-\t12\t20\t8\n"), "committed 12 of 20, lag 8: {described}");
+    // Lag in records and in seconds (the age of the next unconsumed record, line 12), refreshed in the background.
+    let series = |name: &str| format!("{name}{{group=\"readers\",topic=\"cli\",partition=\"0\"}}");
+    let (lag_records, lag_seconds) = (series("ferry_group_lag_records"), series("ferry_group_lag_seconds"));
+    crate::harness::eventually("the lag gauges while lagging", || async {
+        let text = broker.scrape().await;
+        crate::harness::metric(&text, &lag_records) == Some(8.0)
+            && crate::harness::metric(&text, &lag_seconds).is_some_and(|seconds| seconds > 0.0)
+    })
+    .await;
+    let second = ferry(&broker.addr, &consume("8"), b"").await;
+    let all: Vec<&str> = first.lines().chain(second.lines()).collect();
+    let expected: Vec<String> = (0..20).map(|line| format!("line {line}")).collect();
+    assert_eq!(all, expected, "every line exactly once across the two runs");
+    assert!(ferry(&broker.addr, &["group", "list"], b"").await.contains("readers\tempty\t0\n"));
+
+    // The metrics show the new committed offset, then no lag.
+    let committed = series("ferry_group_committed_offset");
+    crate::harness::eventually("the committed-offset gauge", || async {
+        crate::harness::metric(&broker.scrape().await, &committed) == Some(20.0)
+    })
+    .await;
+    crate::harness::eventually("the lag gauges when caught up", || async {
+        let text = broker.scrape().await;
+        crate::harness::metric(&text, &lag_records) == Some(0.0)
+            && crate::harness::metric(&text, &lag_seconds) == Some(0.0)
+    })
+    .await;
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_of_empty_groups_expire_and_those_of_active_groups_stay() {
+    let broker = TestBroker::start_with(|config| {
+        config.groups.session_timeout_min = Duration::from_millis(100);
+        config.groups.offsets_retention = Duration::from_secs(1);
+        config.groups.offsets_retention_check_interval = Duration::from_secs(1);
+    })
+    .await;
+    broker.create_topic("raw", 2, &[]).await;
+    let connection = Connection::new(broker.addr.clone(), ConnectionConfig::default()).expect("connection");
+    // "old" commits without membership and stays empty; "live" has a member that keeps heartbeating.
+    assert_eq!(raw_commit(&connection, "old", "", -1, 0).await, (0, 0));
+    let request = Request::JoinGroup(JoinGroupRequest {
+        group_id: "live".to_owned(),
+        topics: vec!["raw".to_owned()],
+        session_timeout_ms: 10_000,
+        ..JoinGroupRequest::default()
+    });
+    let Response::JoinGroup(joined) = connection.request(request).await.expect("join") else { panic!("join") };
+    assert_eq!(raw_commit(&connection, "live", &joined.member_id, joined.generation, 0).await, (0, 0));
+
+    let admin = broker.admin();
+    let deadline = Instant::now() + DEADLINE;
+    while admin.list_groups().await.expect("list").iter().any(|group| group.group_id == "old") {
+        assert!(Instant::now() < deadline, "the empty group's offsets never expired");
+        let heartbeat = Request::Heartbeat(HeartbeatRequest {
+            group_id: "live".to_owned(),
+            member_id: joined.member_id.clone(),
+            generation: joined.generation,
+            owned: joined.assignment.clone(),
+        });
+        connection.request(heartbeat).await.expect("heartbeat");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(committed(&broker.addr, "live").await.get(&0), Some(&7), "the active group's offset stays");
+    admin.close().await;
+    connection.close().await;
+    broker.stop().await;
+}
