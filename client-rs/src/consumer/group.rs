@@ -319,19 +319,26 @@ impl Consumer {
 
     /// Starts committing the offsets after every record returned so far and returns at once; the returned future
     /// (which runs whether or not it is awaited) resolves with the outcome. A failed asynchronous commit is not
-    /// retried; a later commit covers it.
+    /// retried; the next commit (automatic or explicit) sends the same offsets again.
+    ///
+    /// ```no_run
+    /// # async fn example(consumer: &mut ferry_client::Consumer) -> Result<(), ferry_client::ClientError> {
+    /// let committed = consumer.commit_async();
+    /// // ... keep processing ...
+    /// committed.await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn commit_async(&mut self) -> impl Future<Output = Result<(), ClientError>> + Send + 'static {
         let offsets = self.uncommitted();
         let prepared = match self.group.as_mut() {
             None => Err(ClientError::InvalidConfig { field: "group", reason: "commits need a group".to_owned() }),
             Some(_) if offsets.is_empty() => Ok(None),
             Some(group) => {
-                let request = commit_request(group, &offsets);
-                // Optimistic: a failure means a later commit sends these again only if they changed, which is what
-                // an asynchronous commit promises (nothing).
-                group.committed.extend(offsets);
+                // Not recorded as committed: the outcome is only known to the returned future, so the next commit
+                // sends these offsets again (harmless) and covers a failure of this one.
                 group.last_commit = Instant::now();
-                Ok(Some(request))
+                Ok(Some(commit_request(group, &offsets)))
             }
         };
         let connection = self.connection.clone();
