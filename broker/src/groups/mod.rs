@@ -620,13 +620,19 @@ impl Coordinator {
     ) -> Result<(Vec<Result<(), GroupError>>, CommitGuard), GroupError> {
         check_group_id(group_id)?;
         let mut groups = self.lock();
-        if !groups.contains_key(group_id) && groups.len() >= self.config.groups_max as usize {
-            return Err(GroupError::GroupsLimit { max: self.config.groups_max });
+        let simple = member_id.is_empty() && generation == -1;
+        if !groups.contains_key(group_id) {
+            if !simple {
+                return Err(GroupError::UnknownMember { group: group_id.to_owned(), member_id: member_id.to_owned() });
+            }
+            if groups.len() >= self.config.groups_max as usize {
+                return Err(GroupError::GroupsLimit { max: self.config.groups_max });
+            }
         }
         let group = groups
             .entry(group_id.to_owned())
             .or_insert_with(|| Group { empty_since: Some(Instant::now()), ..Group::default() });
-        let member = if member_id.is_empty() && generation == -1 {
+        let member = if simple {
             if !group.members.is_empty() {
                 return Err(GroupError::GroupNotEmpty { group: group_id.to_owned() });
             }
@@ -728,16 +734,13 @@ impl Coordinator {
         }
     }
 
-    /// Forgets the given groups if they are still empty with no commit in flight (called once all their offsets
-    /// expired), so groups that only ever committed without membership do not hold memory forever.
-    pub fn forget_empty_groups(&self, group_ids: &[String]) {
-        let mut groups = self.lock();
-        for group_id in group_ids {
-            if groups.get(group_id).is_some_and(|group| group.members.is_empty() && group.commits_in_flight.is_empty())
-            {
-                groups.remove(group_id);
-            }
-        }
+    /// Forgets every group that has no members, no commit in flight and is not in `with_offsets` (the groups that
+    /// still have committed offsets, whose time of becoming empty offset expiry needs), so groups that came and
+    /// went do not hold memory, or a place under `groups.groups_max`, forever.
+    pub fn forget_empty_groups(&self, with_offsets: &BTreeSet<String>) {
+        self.lock().retain(|group_id, group| {
+            !group.members.is_empty() || !group.commits_in_flight.is_empty() || with_offsets.contains(group_id)
+        });
     }
 
     /// The configuration in force.
@@ -820,7 +823,7 @@ pub async fn expire_offsets(
     tokio::task::spawn_blocking(move || {
         let now = Instant::now();
         let now_ms = crate::handlers::now_ms();
-        let mut emptied: BTreeMap<String, bool> = BTreeMap::new();
+        let mut with_offsets: BTreeSet<String> = BTreeSet::new();
         let n_expired = meta.expire_offsets(|group, topic_id, _, committed| {
             let since_commit_ms = now_ms.saturating_sub(committed.commit_time_ms);
             let expired = if active.contains(&topic_id) {
@@ -832,12 +835,12 @@ pub async fn expire_offsets(
             } else {
                 since_commit_ms >= retention_ms
             };
-            let all_expired = emptied.entry(group.to_owned()).or_insert(true);
-            *all_expired &= expired;
+            if !expired && !with_offsets.contains(group) {
+                with_offsets.insert(group.to_owned());
+            }
             expired
         })?;
-        let forget: Vec<String> = emptied.into_iter().filter(|(_, all)| *all).map(|(group, _)| group).collect();
-        coordinator.forget_empty_groups(&forget);
+        coordinator.forget_empty_groups(&with_offsets);
         Ok(n_expired)
     })
     .await

@@ -194,3 +194,23 @@ fn joins_are_bounded_and_validated() {
     assert!(matches!(coordinator.join(request, now), Err(GroupError::InconsistentAssignor { .. })));
     assert!(!valid_id(&"g".repeat(256)));
 }
+
+#[test]
+fn empty_groups_without_offsets_are_forgotten_and_free_their_place() {
+    let topics = FixedTopics(BTreeMap::from([("t".to_owned(), 1)]));
+    let config = GroupsConfig { groups_max: 1, ..GroupsConfig::default() };
+    let coordinator = Arc::new(Coordinator::new(config, Arc::new(topics)));
+    let now = Instant::now();
+    let a = join(&coordinator, "", now).expect("join");
+    // A commit naming a member of a group that does not exist creates nothing.
+    let unknown = coordinator.begin_commit("other", "m", 1, &[]).expect_err("unknown");
+    assert!(matches!(unknown, GroupError::UnknownMember { .. }));
+    assert_eq!(coordinator.list().len(), 1);
+    coordinator.leave("g", &a.member_id, now).expect("leave");
+    // "g" is empty but keeps its place while it has offsets.
+    coordinator.forget_empty_groups(&BTreeSet::from(["g".to_owned()]));
+    assert!(matches!(coordinator.begin_commit("other", "", -1, &[]), Err(GroupError::GroupsLimit { max: 1 })));
+    coordinator.forget_empty_groups(&BTreeSet::new());
+    assert!(coordinator.list().is_empty());
+    assert!(coordinator.begin_commit("other", "", -1, &[]).is_ok());
+}
