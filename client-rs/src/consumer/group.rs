@@ -43,7 +43,9 @@ pub const REBALANCE_EVENTS_MAX: usize = 256;
 /// - [`CommitMode::After`] (**at-least-once**): a record counts as processed once the application calls
 ///   [`Consumer::poll`] again (or [`Consumer::commit`]) after receiving it. Processed records are committed
 ///   automatically every `auto_commit_interval` (at the start of a poll), when their partition is revoked, at
-///   [`Consumer::close`], and explicitly with [`Consumer::commit`] / [`Consumer::commit_async`]. A crash never loses
+///   [`Consumer::close`], and explicitly with [`Consumer::commit`] / [`Consumer::commit_async`]. Calling `commit` or
+///   `close` declares every record returned so far processed; to leave some out, [`Consumer::seek`] back to the
+///   first unprocessed record first (as `ferry consume` does with `--max-messages`). A crash never loses
 ///   a record; the records delivered after the crashed consumer's last successful commit are delivered again to
 ///   the next owner (duplicates). A clean rebalance delivers nothing twice.
 /// - [`CommitMode::None`]: nothing is committed unless the application calls [`Consumer::commit`]; what it gets
