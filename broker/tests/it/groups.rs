@@ -462,7 +462,7 @@ async fn rebalance_time_with_three_members_is_measured() {
 }
 
 /// Starts the real `ferry-broker` on `data_dir` with a short minimum session timeout; returns it and its address.
-fn start_binary(data_dir: &std::path::Path) -> (crate::support::BrokerProcess, String) {
+fn start_binary(data_dir: &std::path::Path, listen: &str) -> (crate::support::BrokerProcess, String) {
     let config = data_dir.join("broker.toml");
     std::fs::write(&config, "[groups]\nsession_timeout_ms_min = 100\n").expect("write config");
     tokio::task::block_in_place(|| {
@@ -472,7 +472,7 @@ fn start_binary(data_dir: &std::path::Path) -> (crate::support::BrokerProcess, S
             "--data-dir",
             data_dir.join("data").to_str().expect("utf-8 temp path"),
             "--listen",
-            "127.0.0.1:0",
+            listen,
             "--metrics-listen",
             "127.0.0.1:0",
         ]);
@@ -481,14 +481,19 @@ fn start_binary(data_dir: &std::path::Path) -> (crate::support::BrokerProcess, S
     })
 }
 
+/// Creates `topic` through the client and produces `per_partition` records to each partition.
+async fn create_and_fill(addr: &str, topic: &str, partitions: u32, per_partition: u32) {
+    let admin = Admin::new(addr, ConnectionConfig::default()).expect("admin");
+    admin.create_topic(topic, partitions, BTreeMap::new()).await.expect("create");
+    admin.close().await;
+    produce(addr, topic, partitions, per_partition, 0).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn committed_offsets_survive_a_broker_sigkill() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (broker, addr) = start_binary(dir.path());
-    let admin = Admin::new(addr.clone(), ConnectionConfig::default()).expect("admin");
-    admin.create_topic("durable", 2, BTreeMap::new()).await.expect("create");
-    admin.close().await;
-    produce(&addr, "durable", 2, 30, 0).await;
+    let (broker, addr) = start_binary(dir.path(), "127.0.0.1:0");
+    create_and_fill(&addr, "durable", 2, 30).await;
 
     let mut consumers = vec![member(&addr, "durable", CommitMode::None, "durable")];
     let count = RefCell::new(0usize);
@@ -516,7 +521,7 @@ async fn committed_offsets_survive_a_broker_sigkill() {
         broker.signal(libc::SIGKILL);
         broker.wait_for_exit();
     });
-    let (broker, addr) = start_binary(dir.path());
+    let (broker, addr) = start_binary(dir.path(), "127.0.0.1:0");
     assert_eq!(committed(&addr, "durable").await, before, "the committed offsets came back after the crash");
     // A new member resumes exactly there.
     let mut consumers = vec![member(&addr, "durable", CommitMode::None, "durable")];
@@ -624,4 +629,44 @@ async fn offsets_of_empty_groups_expire_and_those_of_active_groups_stay() {
     admin.close().await;
     connection.close().await;
     broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_consumer_rejoins_after_a_broker_sigkill_and_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (broker, addr) = start_binary(dir.path(), "127.0.0.1:0");
+    create_and_fill(&addr, "restarted", 3, 40).await;
+
+    let mut consumers = vec![member(&addr, "restarted", CommitMode::After, "restarted")];
+    let seen: RefCell<BTreeSet<Key>> = RefCell::new(BTreeSet::new());
+    let read = |_, records: Vec<ConsumerRecord>| seen.borrow_mut().extend(records.iter().map(key));
+    poll_until(&mut consumers, "some records", read, |_| seen.borrow().len() >= 30).await;
+    let generation = consumers[0].generation();
+
+    tokio::task::block_in_place(|| {
+        broker.signal(libc::SIGKILL);
+        broker.wait_for_exit();
+    });
+    // Same address, so the consumer's connection finds the new broker, which knows no members.
+    let (broker, addr) = start_binary(dir.path(), &addr);
+    produce(&addr, "restarted", 3, 10, 40).await;
+    let mut lost = false;
+    let deadline = Instant::now() + DEADLINE;
+    // Fetches need no membership: the consumer may read on until its next heartbeat finds it unknown.
+    while !(lost && seen.borrow().len() == 150 && assigned_partitions(&consumers[0]).len() == 3) {
+        assert!(Instant::now() < deadline, "read {} of 150; lost membership noticed: {lost}", seen.borrow().len());
+        read(0, consumers[0].poll(Duration::from_millis(20)).await.expect("poll"));
+        lost |= consumers[0].take_events().iter().any(|event| matches!(event, RebalanceEvent::Lost(_)));
+    }
+    assert!(consumers[0].generation() <= generation, "the restarted broker's group starts its generations again");
+    let admin = Admin::new(addr.clone(), ConnectionConfig::default()).expect("admin");
+    assert_eq!(admin.describe_group("restarted").await.expect("describe").members.len(), 1);
+    admin.close().await;
+    for consumer in consumers {
+        consumer.close().await;
+    }
+    tokio::task::block_in_place(|| {
+        broker.signal(libc::SIGTERM);
+        broker.wait_for_exit();
+    });
 }

@@ -9,7 +9,8 @@
 //!   request-read timeout; other clients are not disturbed.
 //! - `crash`: the real binary restarted (SIGTERM) and killed (SIGKILL) while a producer sends.
 //! - `groups`: consumer groups: a member killed among three, the delivery guarantees of the commit modes, stale
-//!   members fenced, cooperative rebalancing, static membership, committed offsets across a SIGKILL.
+//!   members fenced, cooperative rebalancing, static membership, committed offsets across a SIGKILL, a consumer
+//!   rejoining after a broker SIGKILL, the CLI and the lag metrics, offset expiry.
 //! - `harness`: an in-process test broker, the binary's client address, raw frames, metric values.
 //! - `support`: a broker child process whose stderr log lines the tests can wait for, and a tiny HTTP scraper.
 

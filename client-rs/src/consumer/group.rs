@@ -475,10 +475,13 @@ impl Consumer {
             return Err(ClientError::UnexpectedResponse { api: ApiKey::JoinGroup, reason: "not a JoinGroup response" });
         };
         if let Err(error) = ClientError::check_wire(response.error_code, &response.error_message) {
-            if error.error_code() == Some(ErrorCode::UnknownMember)
-                && let Some(group) = self.group.as_mut()
-            {
-                group.member_id.clear();
+            if error.error_code() == Some(ErrorCode::UnknownMember) {
+                // The broker forgot this member (e.g. it restarted): join again as a new member at once.
+                self.lose_partitions("the broker no longer knows this member");
+                if let Some(group) = self.group.as_mut() {
+                    group.next_heartbeat = Instant::now();
+                }
+                return Ok(());
             }
             return Err(error);
         }
