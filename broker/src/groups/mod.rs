@@ -61,6 +61,9 @@ pub const CLIENT_ID_BYTES_MAX: usize = 255;
 pub const FENCED_MEMBERS_MAX: usize = 64;
 /// Shortest heartbeat interval handed to members.
 pub const HEARTBEAT_INTERVAL_MIN: Duration = Duration::from_millis(10);
+/// How often, at most, a heartbeat checks whether a group's subscribed topics were created, deleted or resized
+/// (which rebalances the group); bounds the registry lookups heartbeats cost.
+pub const TOPOLOGY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the coordinator looks for members past their session timeout; a member is removed at most this long
 /// after its deadline.
 pub const EXPIRY_CHECK_INTERVAL: Duration = Duration::from_millis(100);
@@ -294,6 +297,8 @@ struct Group {
     fenced: VecDeque<String>,
     /// The topics and partition counts the current targets were computed for.
     topology: BTreeMap<String, u32>,
+    /// When `topology` was last compared with the registry.
+    topology_checked: Option<Instant>,
     /// Partitions with a commit being written.
     commits_in_flight: BTreeMap<TopicPartition, u32>,
     /// When the group last became empty (or when the broker started, for groups known only by their offsets).
@@ -563,8 +568,14 @@ impl Coordinator {
         };
         member.deadline = now + member.session_timeout;
         member.owned.retain(|tp| owned.contains(tp));
-        if group.subscribed_topology(self.topics.as_ref()) != group.topology {
-            group.rebalance(self.topics.as_ref());
+        if group
+            .topology_checked
+            .is_none_or(|checked| now.saturating_duration_since(checked) >= TOPOLOGY_CHECK_INTERVAL)
+        {
+            group.topology_checked = Some(now);
+            if group.subscribed_topology(self.topics.as_ref()) != group.topology {
+                group.rebalance(self.topics.as_ref());
+            }
         }
         group.grant(member_id);
         let member = &group.members[member_id];

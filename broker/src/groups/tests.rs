@@ -214,3 +214,24 @@ fn empty_groups_without_offsets_are_forgotten_and_free_their_place() {
     assert!(coordinator.list().is_empty());
     assert!(coordinator.begin_commit("other", "", -1, &[]).is_ok());
 }
+
+#[derive(Debug, Default)]
+struct ChangingTopics(std::sync::Mutex<BTreeMap<String, u32>>);
+
+impl TopicSource for ChangingTopics {
+    fn partition_count(&self, topic: &str) -> Option<u32> {
+        self.0.lock().expect("not poisoned").get(topic).copied()
+    }
+}
+
+#[test]
+fn a_subscribed_topic_created_later_is_assigned_at_a_later_heartbeat() {
+    let topics = Arc::new(ChangingTopics::default());
+    let coordinator = Arc::new(Coordinator::new(GroupsConfig::default(), Arc::clone(&topics) as Arc<dyn TopicSource>));
+    let now = Instant::now();
+    let mut a = join(&coordinator, "", now).expect("join");
+    assert!(a.assignment.is_empty(), "the topic does not exist yet");
+    topics.0.lock().expect("not poisoned").insert("t".to_owned(), 2);
+    beat(&coordinator, &mut a, now + TOPOLOGY_CHECK_INTERVAL);
+    assert_eq!((a.generation, partitions(&a)), (2, BTreeSet::from([0, 1])));
+}
