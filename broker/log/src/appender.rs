@@ -381,7 +381,14 @@ impl<L: PartitionLog> AppenderLoop<L> {
             return Err(ProducerError::InvalidFields { reason: "a batch with a producer id must be sent alone" }.into());
         }
         let Some(batch) = idempotent_batch(batches) else { return Ok(Plan::Append) };
-        match self.producers.table.check(batch.header())? {
+        let checked = self.producers.table.check(batch.header());
+        if let Err(error) = &checked {
+            let header = batch.header();
+            tracing::debug!(producer_id = header.producer_id, epoch = header.producer_epoch,
+                base_sequence = header.base_sequence, records = header.record_count,
+                entry = ?self.producers.table.get(header.producer_id), %error, "idempotent batch refused");
+        }
+        match checked? {
             SequenceCheck::Append => Ok(Plan::Append),
             SequenceCheck::Duplicate { first_offset, last_offset } => {
                 // A duplicate is answered like an append: only while the partition could still acknowledge one.

@@ -7,7 +7,8 @@
 //!
 //! | the batch                                                          | verdict                                     |
 //! |--------------------------------------------------------------------|---------------------------------------------|
-//! | producer id unknown to the partition                               | append (the producer's first write here)    |
+//! | producer id unknown to the partition, base sequence 0              | append (the producer's first write here)    |
+//! | producer id unknown to the partition, any other sequence           | [`ProducerError::OutOfOrder`], expected 0   |
 //! | epoch older than the entry's                                       | [`ProducerError::Fenced`]                   |
 //! | epoch newer than the entry's, base sequence 0                      | append (a new epoch restarts the sequence)  |
 //! | epoch newer than the entry's, any other sequence                   | [`ProducerError::OutOfOrder`], expected 0   |
@@ -17,10 +18,10 @@
 //!
 //! The state changes only in [`ProducerTable::record`], called after the batch was appended (a rejected or failed
 //! batch never advances the sequence: the nisshi and Redpanda bugs where a rejected batch made the next one look like a
-//! duplicate). A producer id the partition does not know may start at any sequence: the broker's registry of issued
-//! producer ids has already refused ids that were never issued or that expired, and an entry expires only after
-//! `expiration` without a write, which is far longer than any retry may take, so no retry of a written batch can meet
-//! an expired entry.
+//! duplicate). A producer id the partition does not know must start at sequence 0, so that its second batch cannot
+//! overtake its first; a producer whose entry expired (after `expiration` without a write to this partition, far
+//! longer than any retry may take, so no retry of a written batch can meet an expired entry) gets
+//! `OUT_OF_ORDER_SEQUENCE` for its next batch and starts over with a new producer id.
 //!
 //! The table is bounded: at most `producers_max` entries (a new producer id over the limit gets
 //! [`ProducerError::TooManyProducers`]; a live producer's entry is never evicted to make room), each holding at most
@@ -173,6 +174,9 @@ impl ProducerTable {
         check_fields(header)?;
         let (epoch, first, last) = (header.producer_epoch, header.base_sequence, header.last_sequence());
         let Some(entry) = self.entries.get(&header.producer_id) else {
+            if first != 0 {
+                return Err(ProducerError::OutOfOrder { expected: 0, received: first });
+            }
             if self.entries.len() >= self.producers_max {
                 return Err(ProducerError::TooManyProducers { max: self.producers_max });
             }

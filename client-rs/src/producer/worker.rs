@@ -12,18 +12,21 @@
 //! stamped before it, wrapping at `SEQUENCE_MAX`), and an *order* that never wraps. A batch keeps its stamp for every
 //! retry, so the broker recognises a retry of a written batch and answers it with the original offsets. Batches of a
 //! partition are sent in order (a retried batch goes back in front of the later ones, by order), at most
-//! `max_in_flight_per_partition` (at most 5, what the broker remembers) at a time.
+//! `max_in_flight_per_partition` (at most 5, what the broker remembers) at a time, and never a batch that many orders
+//! past the oldest unresolved one: so however responses are lost or reordered, every unresolved batch is among the
+//! last five the broker wrote of the producer, and its retry is recognised.
 //!
 //! Each failed batch is classified:
 //! - *outcome unknown* (connection lost, request timeout, `REQUEST_TIMED_OUT`, `STORAGE_ERROR`,
 //!   `BROKER_SHUTTING_DOWN`): it may have been written; it is retried with the same stamp until it resolves;
 //! - *not written* (any other error the broker returned for it): a retriable one (`OUT_OF_ORDER_SEQUENCE` while an
-//!   earlier batch of the partition is unresolved, `DISK_FULL`, ...) is retried with the same stamp;
+//!   earlier batch of the partition is unresolved or for the first time, `DISK_FULL`, ...) is retried with the same
+//!   stamp;
 //! - `PRODUCER_FENCED` / `INVALID_PRODUCER_EPOCH`: another instance owns the id; the producer fails for good.
 //!
 //! A stamped batch that can no longer be written in sequence leaves a hole the broker would refuse every later batch
-//! for: `OUT_OF_ORDER_SEQUENCE` on the partition's oldest unresolved batch (the broker lost acknowledged data, which
-//! only a relaxed fsync policy allows), `UNKNOWN_PRODUCER_ID` (the id expired), or a stamped batch failing for good
+//! for: `OUT_OF_ORDER_SEQUENCE` twice in a row on the partition's oldest unresolved batch (the broker lost
+//! acknowledged data, which only a relaxed fsync policy allows; one refusal may be stale, see `retry_or_fail`), `UNKNOWN_PRODUCER_ID` (the id expired), or a stamped batch failing for good
 //! (a non-retriable error, or its delivery timeout). Then the producer **resets**: it stops stamping new batches,
 //! keeps retrying the batches whose outcome is unknown until each resolves or times out, waits until no request
 //! sent under the old id can still be applied (twice the request timeout after the last one was sent: the broker
@@ -94,6 +97,8 @@ struct ReadyBatch {
     stamp: Option<Stamp>,
     /// The last attempt may have written the batch (see the module docs).
     outcome_unknown: bool,
+    /// The last attempt got `OUT_OF_ORDER_SEQUENCE` while the batch was its partition's oldest unresolved one.
+    out_of_order_at_oldest: bool,
 }
 
 /// Where a batch sits in its idempotent producer's sequence.
@@ -562,6 +567,15 @@ impl Worker {
                 if front.not_before > now || (!batches.is_empty() && request_bytes + batch_bytes > request_bytes_max) {
                     continue;
                 }
+                // The broker remembers the last `in_flight_max` batches of the producer: never stamp or send a batch
+                // further than that from the oldest unresolved one, or that one's retry could fall out of the window
+                // (its response lost while later batches were acknowledged) and be refused instead of recognised.
+                if identity.is_some() {
+                    let order = front.stamp.map_or(state.next_order, |stamp| stamp.order);
+                    if state.unresolved.first().is_some_and(|oldest| order >= oldest + u64::from(in_flight_max)) {
+                        continue;
+                    }
+                }
                 let mut batch = state.ready.remove(idx).expect("checked just above");
                 if let Some((producer_id, epoch)) = identity
                     && batch.stamp.is_none()
@@ -710,12 +724,19 @@ impl Worker {
                 }
                 Some(ErrorCode::UnknownProducerId) => return self.hold(topic, partition, batch, error),
                 Some(ErrorCode::OutOfOrderSequence) if self.is_oldest(&topic, partition, stamp) => {
-                    tracing::warn!(topic = %topic, partition, sequence = stamp.sequence,
-                        "the broker expects an earlier sequence than any unacknowledged batch: it lost acknowledged \
-                         records (possible only with a relaxed fsync policy); resetting the producer id");
-                    return self.hold(topic, partition, batch, error);
+                    // The answer may be stale: the broker checked this batch before an earlier one that was
+                    // acknowledged since (requests of one partition can reach the broker out of order across a
+                    // reconnection). Only a second refusal, for an attempt sent after every earlier batch was
+                    // acknowledged, shows the broker lost acknowledged records.
+                    if batch.out_of_order_at_oldest {
+                        tracing::warn!(topic = %topic, partition, sequence = stamp.sequence,
+                            "the broker expects an earlier sequence than any unacknowledged batch: it lost \
+                             acknowledged records (possible only with a relaxed fsync policy); resetting the producer id");
+                        return self.hold(topic, partition, batch, error);
+                    }
+                    batch.out_of_order_at_oldest = true;
                 }
-                _ => {}
+                _ => batch.out_of_order_at_oldest = false,
             }
             batch.outcome_unknown = outcome_unknown(&error);
         }
@@ -866,6 +887,7 @@ fn close_batch(
             last_error: None,
             stamp: None,
             outcome_unknown: false,
+            out_of_order_at_oldest: false,
         }),
         // Every record was pushed successfully, so this cannot happen; fail the records rather than lose them.
         Err(error) => fail_records(flush, records, &ClientError::protocol(error)),

@@ -79,13 +79,24 @@ fn epochs_fence_older_producers_and_restart_sequences() {
 }
 
 #[test]
+fn a_new_producer_starts_at_sequence_zero() {
+    let mut table = ProducerTable::new(10);
+    // Its second batch overtook its first: refused, so the first can go first.
+    assert_eq!(table.check(&header(1, 0, 3, 1, 0)), Err(ProducerError::OutOfOrder { expected: 0, received: 3 }));
+    assert_eq!(submit(&mut table, header(1, 0, 0, 3, 0), 0, 0).0, Ok(SequenceCheck::Append));
+    assert_eq!(submit(&mut table, header(1, 0, 3, 1, 0), 3, 0).0, Ok(SequenceCheck::Append));
+}
+
+#[test]
 fn sequences_wrap_from_max_to_zero() {
     let mut table = ProducerTable::new(10);
-    let end = submit(&mut table, header(1, 0, SEQUENCE_MAX - 1, 4, 0), 0, 0).1;
+    // A producer that has written almost 2^31 records: its state as a snapshot would hold it.
+    table.record(&header(1, 0, SEQUENCE_MAX - 5, 4, 0), 0);
+    let end = submit(&mut table, header(1, 0, SEQUENCE_MAX - 1, 4, 4), 4, 0).1;
     assert_eq!(table.get(1).map(ProducerEntry::next_sequence), Some(2));
     assert_eq!(
         table.check(&header(1, 0, SEQUENCE_MAX - 1, 4, 0)),
-        Ok(SequenceCheck::Duplicate { first_offset: 0, last_offset: 3 })
+        Ok(SequenceCheck::Duplicate { first_offset: 4, last_offset: 7 })
     );
     assert_eq!(submit(&mut table, header(1, 0, 2, 1, 0), end, 0).0, Ok(SequenceCheck::Append));
 }
@@ -218,6 +229,13 @@ proptest! {
                 in_flight: VecDeque::new(),
             })
             .collect();
+        // A producer starting near the end of the sequence space has a history: record it in the table and the model.
+        for client in clients.iter_mut().filter(|client| client.next != 0) {
+            let sent = Sent { epoch: 0, first: client.next - 3, count: 3 };
+            table.record(&header(client.id, 0, sent.first, sent.count, log.end), now);
+            log.batches.push((client.id, sent, log.end));
+            log.end += 3;
+        }
         for op in ops {
             now += 1;
             let (p, sent) = match op {
@@ -271,8 +289,12 @@ proptest! {
                     now += EXPIRATION_MS;
                     table.expire(now, EXPIRATION_MS);
                     log.remembered_from = log.batches.len();
+                    // The clients gave up on their batches and start over with new producer ids.
                     for client in &mut clients {
                         client.in_flight.clear();
+                        client.id += 100;
+                        client.epoch = 0;
+                        client.next = 0;
                     }
                     continue;
                 }
@@ -285,7 +307,7 @@ proptest! {
             let newest_epoch = log.remembered().filter(|(bid, ..)| *bid == id).map(|(_, s, _)| s.epoch).max();
             let written: Vec<&(i64, Sent, u64)> = log.of(id, sent.epoch).collect();
             let expected = if !known {
-                Ok(SequenceCheck::Append)
+                if sent.first == 0 { Ok(SequenceCheck::Append) } else { Err(ProducerError::OutOfOrder { expected: 0, received: sent.first }) }
             } else if newest_epoch.is_some_and(|newest| sent.epoch < newest) {
                 Err(ProducerError::Fenced { current: newest_epoch.unwrap_or(0), received: sent.epoch })
             } else if newest_epoch.is_some_and(|newest| sent.epoch > newest) {

@@ -173,10 +173,10 @@ pub struct CrashRun {
     pub value_bytes: usize,
     /// The seed of every random choice (kill moments, partitions).
     pub seed: u64,
-    /// The producers' settings. An idempotent producer is enabled here.
+    /// The producers' settings (idempotent by default).
     pub producer_config: ProducerConfig,
-    /// What the checker must find: [`Expect::AT_LEAST_ONCE`] for today's producer, [`Expect::EXACTLY_ONCE`] once
-    /// `producer_config` enables idempotence.
+    /// What the checker must find: [`Expect::EXACTLY_ONCE`] for idempotent producers, [`Expect::AT_LEAST_ONCE`]
+    /// with idempotence off.
     pub expect: Expect,
     /// Network faults on top of the kills: when set, the producers connect through a [`FaultProxy`] with this plan
     /// (it outlives every restart, since the broker's port is fixed). The final read bypasses it.
@@ -232,8 +232,9 @@ impl std::fmt::Display for CrashFigures {
 
 impl CrashRun {
     /// The run `.ci/run` makes (200k values, 20 kills, 4 producers, 4 partitions), or with `FERRY_SLOW_TESTS=1` the
-    /// long one (2M values, 200 kills); seeded from `FERRY_CHAOS_SEED` when set. The producers are today's
-    /// defaults with acks=all, quick retries and a delivery timeout long enough to outlast every restart.
+    /// long one (2M values, 200 kills); seeded from `FERRY_CHAOS_SEED` when set. The producers are the defaults
+    /// (idempotent, acks=all, 5 requests in flight per partition) with quick retries and a delivery timeout long
+    /// enough to outlast every restart.
     pub fn from_env(seed: u64) -> CrashRun {
         let (values, kills) = if slow_tests() { (2_000_000, 200) } else { (200_000, 20) };
         let producer_config = ProducerConfig {
@@ -258,7 +259,7 @@ impl CrashRun {
             value_bytes: 100,
             seed,
             producer_config,
-            expect: Expect::AT_LEAST_ONCE,
+            expect: Expect::EXACTLY_ONCE,
             network_faults: None,
         }
     }

@@ -15,14 +15,9 @@ fn report(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
-/// What the crash test demands of the producers.
-///
-/// Today's producer is at-least-once: when a SIGKILL cuts off an acknowledgement, the retry appends the batch again,
-/// so duplicates are counted in the figures but allowed.
-/// When the idempotent producer lands, enable idempotence in [`CrashRun::producer_config`] (the `ProducerConfig`
-/// idempotence field, if it is not on by default with acks=all) and set this to [`Expect::EXACTLY_ONCE`]: then the
-/// run must end with every value exactly once.
-const CRASH_EXPECT: Expect = Expect::AT_LEAST_ONCE;
+/// What the crash test demands of the producers: they are idempotent (the default), so the run must end with every
+/// value exactly once, in per-producer order, at dense offsets, whatever the kills cut off.
+const CRASH_EXPECT: Expect = Expect::EXACTLY_ONCE;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkills_at_seeded_moments_lose_no_acknowledged_value_and_keep_offsets_dense_and_in_order() {

@@ -1,5 +1,6 @@
-//! The fault proxy's self-tests: each fault really happens (the counters say so) and has the effect on today's
-//! producer (acks=all, no idempotence) that the idempotent producer must later remove.
+//! The fault proxy's self-tests: each fault really happens (the counters say so) and has its effect on a plain
+//! producer (acks=all, idempotence off: duplicates and reordering), and the idempotent producer (the default) comes
+//! through every one of them with each record exactly once and in order.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -21,8 +22,9 @@ const TOPIC: &str = "proxied";
 ///
 /// The request timeout is how long a dropped request or response costs; it is not shorter because a loaded machine
 /// (CI shares two cores) must not time out an unharmed request, which would retry it and change the counts.
-fn producer_config(max_in_flight_per_partition: u32) -> ProducerConfig {
+fn producer_config(max_in_flight_per_partition: u32, idempotence: bool) -> ProducerConfig {
     ProducerConfig {
+        idempotence,
         delivery_timeout: Duration::from_secs(60),
         retry_backoff_initial: Duration::from_millis(20),
         retry_backoff_max: Duration::from_millis(200),
@@ -85,9 +87,9 @@ async fn send_and_check(
 }
 
 /// One record through a proxy that applies `fault` to the first produce request; stops everything afterwards.
-async fn one_record_with(fault: Fault) -> Run {
+async fn one_record_with(fault: Fault, idempotence: bool) -> Run {
     let (broker, proxy) = broker_and_proxy(1, FaultPlan::nth(1, fault)).await;
-    let run = send_and_check(&broker, &proxy, 1, 1, producer_config(1)).await;
+    let run = send_and_check(&broker, &proxy, 1, 1, producer_config(1, idempotence)).await;
     proxy.stop().await;
     broker.stop().await;
     run
@@ -102,7 +104,7 @@ fn assert_clean(run: &Run, expect: Expect) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_faults_the_proxy_forwards_everything_once() {
     let (broker, proxy) = broker_and_proxy(2, FaultPlan::none()).await;
-    let run = send_and_check(&broker, &proxy, 2, 200, producer_config(1)).await;
+    let run = send_and_check(&broker, &proxy, 2, 200, producer_config(1, false)).await;
     assert_clean(&run, Expect::EXACTLY_ONCE);
     assert_eq!(run.report.n_read, 200);
     assert_eq!(run.counts.faults(), 0, "{:?}", run.counts);
@@ -116,7 +118,7 @@ async fn without_faults_the_proxy_forwards_everything_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_response_makes_the_producer_retry_and_store_the_batch_twice() {
-    let run = one_record_with(Fault::DropResponse).await;
+    let run = one_record_with(Fault::DropResponse, false).await;
     assert_eq!(run.counts.responses_dropped, 1, "{:?}", run.counts);
     assert_eq!(run.counts.eligible_requests, 2, "the produce request and its retry: {:?}", run.counts);
     // The broker applied the request whose answer was lost; the retry appended it again (at-least-once).
@@ -127,8 +129,17 @@ async fn a_dropped_response_makes_the_producer_retry_and_store_the_batch_twice()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_retry_after_a_dropped_response_gets_the_original_offset() {
+    let run = one_record_with(Fault::DropResponse, true).await;
+    assert_eq!(run.counts.responses_dropped, 1, "{:?}", run.counts);
+    assert_eq!(run.counts.eligible_requests, 2, "the produce request and its retry: {:?}", run.counts);
+    assert_clean(&run, Expect::EXACTLY_ONCE);
+    assert_eq!(run.history.sends[0].outcome, Outcome::Ok { offset: 0 }, "the original offset is acknowledged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_request_is_retried_and_stored_once() {
-    let run = one_record_with(Fault::DropRequest).await;
+    let run = one_record_with(Fault::DropRequest, false).await;
     assert_eq!(run.counts.requests_dropped, 1, "{:?}", run.counts);
     assert_eq!(run.counts.eligible_requests, 2, "the produce request and its retry: {:?}", run.counts);
     assert_eq!(run.counts.connections, 2, "the request timeout closed the first connection: {:?}", run.counts);
@@ -137,7 +148,7 @@ async fn a_dropped_request_is_retried_and_stored_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicated_request_is_stored_twice_and_answered_once() {
-    let run = one_record_with(Fault::DuplicateRequest).await;
+    let run = one_record_with(Fault::DuplicateRequest, false).await;
     assert_eq!(run.counts.requests_duplicated, 1, "{:?}", run.counts);
     assert_eq!(run.counts.duplicate_responses_swallowed, 1, "{:?}", run.counts);
     // The client saw exactly one answer: no timeout, no second connection, no retry.
@@ -149,8 +160,15 @@ async fn a_duplicated_request_is_stored_twice_and_answered_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_request_duplicated_on_the_wire_is_stored_once() {
+    let run = one_record_with(Fault::DuplicateRequest, true).await;
+    assert_eq!(run.counts.requests_duplicated, 1, "{:?}", run.counts);
+    assert_clean(&run, Expect::EXACTLY_ONCE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_before_forwarding_is_retried_and_stored_once() {
-    let run = one_record_with(Fault::ResetBeforeForward).await;
+    let run = one_record_with(Fault::ResetBeforeForward, false).await;
     assert_eq!(run.counts.resets_before_forward, 1, "{:?}", run.counts);
     assert_eq!(run.counts.connections, 2, "the producer reconnected: {:?}", run.counts);
     assert_clean(&run, Expect::EXACTLY_ONCE);
@@ -158,7 +176,7 @@ async fn a_reset_before_forwarding_is_retried_and_stored_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_after_the_broker_applied_the_request_stores_the_batch_twice() {
-    let run = one_record_with(Fault::ResetAfterForward).await;
+    let run = one_record_with(Fault::ResetAfterForward, false).await;
     assert_eq!(run.counts.resets_after_forward, 1, "{:?}", run.counts);
     assert_eq!(run.counts.connections, 2, "the producer reconnected: {:?}", run.counts);
     assert_clean(&run, Expect::AT_LEAST_ONCE);
@@ -166,10 +184,17 @@ async fn a_reset_after_the_broker_applied_the_request_stores_the_batch_twice() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_retry_after_a_reset_of_an_applied_request_is_stored_once() {
+    let run = one_record_with(Fault::ResetAfterForward, true).await;
+    assert_eq!(run.counts.resets_after_forward, 1, "{:?}", run.counts);
+    assert_clean(&run, Expect::EXACTLY_ONCE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delayed_request_is_overtaken_and_reorders_a_partition() {
     let (broker, proxy) = broker_and_proxy(1, FaultPlan::nth(1, Fault::DelayRequest)).await;
     // Two requests of one partition in flight at once, so the second can overtake the first.
-    let producer = Producer::new(proxy.addr().to_string(), producer_config(2)).expect("producer");
+    let producer = Producer::new(proxy.addr().to_string(), producer_config(2, false)).expect("producer");
     let first = producer.send(ProducerRecord::new(TOPIC, "p0-0").with_partition(0)).await.expect("accepted");
     eventually("the first produce request to be held", || async { proxy.counts().frames_delayed == 1 }).await;
     let second = producer.send(ProducerRecord::new(TOPIC, "p0-1").with_partition(0)).await.expect("accepted");
@@ -198,7 +223,7 @@ async fn a_delayed_request_is_overtaken_and_reorders_a_partition() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delayed_response_is_overtaken_and_both_are_matched_by_correlation_id() {
     let (broker, proxy) = broker_and_proxy(2, FaultPlan::nth(1, Fault::DelayResponse)).await;
-    let producer = Producer::new(proxy.addr().to_string(), producer_config(1)).expect("producer");
+    let producer = Producer::new(proxy.addr().to_string(), producer_config(1, false)).expect("producer");
     let first = producer.send(ProducerRecord::new(TOPIC, "p0-0").with_partition(0)).await.expect("accepted");
     eventually("the first response to be held", || async { proxy.counts().frames_delayed == 1 }).await;
     let second = producer.send(ProducerRecord::new(TOPIC, "p0-1").with_partition(1)).await.expect("accepted");
@@ -216,7 +241,7 @@ async fn a_delayed_response_is_overtaken_and_both_are_matched_by_correlation_id(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_holds_everything_back_and_blackhole_discards_it() {
     let (broker, proxy) = broker_and_proxy(1, FaultPlan::none()).await;
-    let mut config = producer_config(1);
+    let mut config = producer_config(1, false);
     // Long enough that a paused request does not time out.
     config.connection.request_timeout = Duration::from_secs(30);
     let producer = Producer::new(proxy.addr().to_string(), config).expect("producer");
@@ -233,7 +258,7 @@ async fn pause_holds_everything_back_and_blackhole_discards_it() {
     assert_eq!(paused.await.expect("acknowledged after resuming").offset, Some(1));
 
     proxy.set_mode(Mode::Blackhole);
-    let mut quick = producer_config(1);
+    let mut quick = producer_config(1, false);
     quick.connection.request_timeout = Duration::from_millis(300);
     quick.connection.connect_timeout = Duration::from_millis(300);
     let blackholed_producer = Producer::new(proxy.addr().to_string(), quick).expect("producer");
@@ -262,7 +287,7 @@ async fn seeded_random_faults_lose_no_acknowledged_record() {
     let plan = FaultPlan { delay_max: Duration::from_millis(200), ..FaultPlan::uniform(seed, 0.04) };
     let (broker, proxy) = broker_and_proxy(4, FaultPlan::none()).await;
     proxy.set_plan(plan);
-    let mut config = producer_config(1);
+    let mut config = producer_config(1, false);
     // Only at-least-once is asserted here, so a spurious timeout does no harm: keep each dropped message cheap.
     config.connection.request_timeout = Duration::from_millis(500);
     // Small batches, so the records make many requests.
@@ -272,6 +297,51 @@ async fn seeded_random_faults_lose_no_acknowledged_record() {
     println!("seeded_random_faults: {:?}; {}", run.counts, run.report);
     // One request in flight per partition: retries can duplicate, never lose or reorder.
     assert_clean(&run, Expect::AT_LEAST_ONCE);
+    assert!(run.counts.faults() >= 5, "faults were injected: {:?}", run.counts);
+    proxy.stop().await;
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overtaken_idempotent_request_waits_for_its_predecessor_and_keeps_the_order() {
+    let (broker, proxy) = broker_and_proxy(1, FaultPlan::nth(1, Fault::DelayRequest)).await;
+    let producer = Producer::new(proxy.addr().to_string(), producer_config(2, true)).expect("producer");
+    let first = producer.send(ProducerRecord::new(TOPIC, "p0-0").with_partition(0)).await.expect("accepted");
+    eventually("the first produce request to be held", || async { proxy.counts().frames_delayed == 1 }).await;
+    let second = producer.send(ProducerRecord::new(TOPIC, "p0-1").with_partition(0)).await.expect("accepted");
+    // The second arrives first and is refused (OUT_OF_ORDER_SEQUENCE), then resent after the first.
+    let first = first.await.expect("acknowledged").offset.expect("an offset");
+    let second = second.await.expect("acknowledged").offset.expect("an offset");
+    producer.close().await.expect("close");
+    assert_eq!(proxy.counts().frames_overtaken, 1, "{:?}", proxy.counts());
+    assert_eq!((first, second), (0, 1), "appended in send order");
+    let history = History {
+        sends: vec![
+            Send { producer: 0, seq: 0, partition: 0, value: "p0-0".into(), outcome: Outcome::Ok { offset: first } },
+            Send { producer: 0, seq: 1, partition: 0, value: "p0-1".into(), outcome: Outcome::Ok { offset: second } },
+        ],
+        reads: read_all(&broker.addr, TOPIC, 1, Duration::from_secs(30)).await,
+    };
+    assert_eq!(check(&history).violations(Expect::EXACTLY_ONCE), Vec::<String>::new());
+    proxy.stop().await;
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_random_faults_leave_an_idempotent_producer_exactly_once_and_in_order() {
+    let seed = crate::chaos::rng::seed_from_env();
+    println!("seeded_random_faults (idempotent): FERRY_CHAOS_SEED={seed}");
+    let plan = FaultPlan { delay_max: Duration::from_millis(200), ..FaultPlan::uniform(seed, 0.04) };
+    let (broker, proxy) = broker_and_proxy(4, FaultPlan::none()).await;
+    proxy.set_plan(plan);
+    // Five requests in flight per partition, so delays reorder requests and retries overtake each other.
+    let mut config = producer_config(5, true);
+    config.connection.request_timeout = Duration::from_millis(500);
+    config.batch_bytes_max = 256;
+    config.linger = Duration::ZERO;
+    let run = send_and_check(&broker, &proxy, 4, 2000, config).await;
+    println!("seeded_random_faults (idempotent): {:?}; {}", run.counts, run.report);
+    assert_clean(&run, Expect::EXACTLY_ONCE);
     assert!(run.counts.faults() >= 5, "faults were injected: {:?}", run.counts);
     proxy.stop().await;
     broker.stop().await;
