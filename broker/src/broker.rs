@@ -20,7 +20,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigError};
 use crate::data_dir::{self, DataDirLock};
-use crate::groups::lag::GroupMetrics;
 use crate::groups::{self, Coordinator, TopicSource};
 use crate::meta::{MetaConfig, MetaError, MetaStore};
 use crate::metrics;
@@ -168,12 +167,10 @@ impl Broker {
         let partitions = Arc::new(partitions);
         let source: Arc<dyn TopicSource> = Arc::clone(&partitions) as Arc<dyn TopicSource>;
         let groups = Arc::new(Coordinator::new(config.groups.clone(), source));
-        let group_metrics = Arc::new(GroupMetrics::default());
         tasks.spawn(groups::run_background(
             Arc::clone(&groups),
             Arc::clone(&meta),
             Arc::clone(&partitions),
-            Arc::clone(&group_metrics),
             shutdown.clone(),
         ));
         let state = Arc::new(ServerState::new(
@@ -183,7 +180,6 @@ impl Broker {
             tasks.clone(),
             Arc::clone(&meta),
             groups,
-            group_metrics,
         ));
         tasks.spawn(server::run(listener, state, shutdown.clone()));
         // Tests and operators find the (possibly ephemeral) port in this line.

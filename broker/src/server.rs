@@ -26,7 +26,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::groups::Coordinator;
-use crate::groups::lag::GroupMetrics;
 use crate::meta::MetaStore;
 use crate::metrics::{CONNECTIONS_REJECTED_TOTAL, LABEL_REASON};
 use crate::partitions::Partitions;
@@ -61,8 +60,6 @@ pub struct ServerState {
     pub(crate) meta: Arc<MetaStore>,
     /// The consumer-group coordinator.
     pub(crate) groups: Arc<Coordinator>,
-    /// The consumer-group offset and lag metrics.
-    pub(crate) group_metrics: Arc<GroupMetrics>,
 }
 
 impl ServerState {
@@ -74,7 +71,6 @@ impl ServerState {
         tasks: TaskTracker,
         meta: Arc<MetaStore>,
         groups: Arc<Coordinator>,
-        group_metrics: Arc<GroupMetrics>,
     ) -> ServerState {
         ServerState {
             config,
@@ -84,7 +80,6 @@ impl ServerState {
             tasks,
             meta,
             groups,
-            group_metrics,
         }
     }
 }

@@ -404,6 +404,7 @@ pub struct Coordinator {
     run_id: u64,
     next_member: AtomicU64,
     started: Instant,
+    metrics: Arc<lag::GroupMetrics>,
 }
 
 impl Coordinator {
@@ -419,6 +420,7 @@ impl Coordinator {
             run_id,
             next_member: AtomicU64::new(1),
             started: Instant::now(),
+            metrics: Arc::new(lag::GroupMetrics::default()),
         }
     }
 
@@ -754,6 +756,11 @@ impl Coordinator {
         });
     }
 
+    /// The group offset and lag metrics.
+    pub fn metrics(&self) -> &Arc<lag::GroupMetrics> {
+        &self.metrics
+    }
+
     /// The configuration in force.
     pub fn config(&self) -> &GroupsConfig {
         &self.config
@@ -787,9 +794,9 @@ pub async fn run_background(
     coordinator: Arc<Coordinator>,
     meta: Arc<MetaStore>,
     partitions: Arc<Partitions>,
-    metrics: Arc<lag::GroupMetrics>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
+    let metrics = Arc::clone(coordinator.metrics());
     let mut expiry = tokio::time::interval(EXPIRY_CHECK_INTERVAL);
     expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut lag = tokio::time::interval(lag::LAG_REFRESH_INTERVAL);
@@ -804,7 +811,7 @@ pub async fn run_background(
             }
             _ = lag.tick() => {
                 let (metrics, partitions) = (Arc::clone(&metrics), Arc::clone(&partitions));
-                let now_ms = i64::try_from(crate::handlers::now_ms()).unwrap_or(i64::MAX);
+                let now_ms = i64::try_from(crate::handlers::epoch_ms()).unwrap_or(i64::MAX);
                 let refreshed = tokio::task::spawn_blocking(move || metrics.refresh_lag(&partitions, now_ms)).await;
                 if let Err(error) = refreshed {
                     std::panic::resume_unwind(error.into_panic());
@@ -833,7 +840,7 @@ pub async fn expire_offsets(
     let (coordinator, meta) = (Arc::clone(coordinator), Arc::clone(meta));
     tokio::task::spawn_blocking(move || {
         let now = Instant::now();
-        let now_ms = crate::handlers::now_ms();
+        let now_ms = crate::handlers::epoch_ms();
         let mut with_offsets: BTreeSet<String> = BTreeSet::new();
         let n_expired = meta.expire_offsets(|group, topic_id, _, committed| {
             let since_commit_ms = now_ms.saturating_sub(committed.commit_time_ms);

@@ -25,7 +25,7 @@ pub(crate) async fn commit(state: &ServerState, request: OffsetCommitRequest) ->
         return top_level(ErrorCode::InvalidRequest, String::new());
     }
     let mut items: Vec<(TopicPartition, CommittedOffset, Resolved)> = Vec::with_capacity(n_partitions);
-    let commit_time_ms = now_ms();
+    let commit_time_ms = epoch_ms();
     for topic in &request.topics {
         let found = state.partitions.topic(&topic.name);
         for partition in &topic.partitions {
@@ -93,7 +93,7 @@ pub(crate) async fn commit(state: &ServerState, request: OffsetCommitRequest) ->
         for partition in &topic.partitions {
             let (error_code, error_message) = match (outcomes.next(), &write_error) {
                 (Some(None), None) => {
-                    state.group_metrics.committed(
+                    state.groups.metrics().committed(
                         &request.group_id,
                         &topic.name,
                         partition.partition,
@@ -198,7 +198,7 @@ fn top_level(code: ErrorCode, error_message: String) -> OffsetCommitResponse {
 }
 
 /// The wall clock in milliseconds since the Unix epoch (commit times).
-pub(crate) fn now_ms() -> u64 {
+pub(crate) fn epoch_ms() -> u64 {
     let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
 }

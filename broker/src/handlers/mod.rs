@@ -44,7 +44,7 @@ use crate::meta::MetaError;
 use crate::partitions::PartitionsError;
 use crate::server::ServerState;
 
-pub(crate) use group_offsets::now_ms;
+pub(crate) use group_offsets::epoch_ms;
 pub(crate) use produce::ProduceTurn;
 
 /// Most partitions (or topics, for the admin apis) one request may name.
