@@ -14,6 +14,7 @@ const PROTO_FILES: &[&str] = &[
     "proto/fetch.proto",
     "proto/offsets.proto",
     "proto/producer.proto",
+    "proto/groups.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

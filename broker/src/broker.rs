@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigError};
 use crate::data_dir::{self, DataDirLock};
+use crate::groups::{self, Coordinator, TopicSource};
 use crate::meta::{MetaConfig, MetaError, MetaStore};
 use crate::metrics;
 use crate::partitions::{PartitionRecovery, Partitions, PartitionsError};
@@ -203,12 +204,22 @@ impl Broker {
             Partitions::open(Arc::clone(&config), Arc::clone(&meta)).await.map_err(StartupError::Partitions)?;
         let partitions = Arc::new(partitions);
         tasks.spawn(persist_producer_ids(Arc::clone(&producer_ids), shutdown.clone()));
+        let source: Arc<dyn TopicSource> = Arc::clone(&partitions) as Arc<dyn TopicSource>;
+        let groups = Arc::new(Coordinator::new(config.groups.clone(), source));
+        tasks.spawn(groups::run_background(
+            Arc::clone(&groups),
+            Arc::clone(&meta),
+            Arc::clone(&partitions),
+            shutdown.clone(),
+        ));
         let state = Arc::new(ServerState::new(
             Arc::clone(&config),
             Arc::clone(&partitions),
             producer_ids,
             shutdown.clone(),
             tasks.clone(),
+            Arc::clone(&meta),
+            groups,
         ));
         tasks.spawn(server::run(listener, state, shutdown.clone()));
         // Tests and operators find the (possibly ephemeral) port in this line.

@@ -109,6 +109,16 @@ pub mod bounds {
     pub const PRODUCER_SNAPSHOT_INTERVAL_MS: Bounds = Bounds { min: 100, max: 3600 * 1000 };
     /// `producers.snapshot_bytes`: 1 MiB to 16 GiB.
     pub const PRODUCER_SNAPSHOT_BYTES: Bounds = Bounds { min: 1 << 20, max: 16 << 30 };
+    /// `groups.groups_max`.
+    pub const GROUPS: Bounds = Bounds { min: 1, max: 1_000_000 };
+    /// `groups.members_per_group_max`.
+    pub const MEMBERS_PER_GROUP: Bounds = Bounds { min: 1, max: 100_000 };
+    /// `groups.session_timeout_ms_min` and `groups.session_timeout_ms_max`: 100 ms to 1 hour.
+    pub const SESSION_TIMEOUT_MS: Bounds = Bounds { min: 100, max: 3_600_000 };
+    /// `groups.offsets_retention_ms`: 1 second to 100 years.
+    pub const OFFSETS_RETENTION_MS: Bounds = Bounds { min: 1000, max: DURATION_MS_MAX };
+    /// `groups.offsets_retention_check_interval_ms`: 1 second to 1 day.
+    pub const OFFSETS_RETENTION_CHECK_INTERVAL_MS: Bounds = Bounds { min: 1000, max: 24 * 3600 * 1000 };
 }
 
 /// A limit that can be switched off, such as retention by age or by size.
@@ -206,6 +216,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// `[producers]`: idempotent producers' ids and dedup state.
     pub producers: ProducersConfig,
+    /// `[groups]`: consumer-group limits, session timeouts and offset retention.
+    pub groups: GroupsConfig,
 }
 
 /// The `[producers]` section: idempotent producer ids and the per-partition dedup state (see `crate::producers`).
@@ -246,6 +258,36 @@ impl Default for ProducersConfig {
             snapshot_bytes: 64 * 1024 * 1024,
         }
     }
+}
+
+/// The `[groups]` section: the consumer-group coordinator's limits and offset retention.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GroupsConfig {
+    /// `groups.groups_max`, default 10000, bounds [`bounds::GROUPS`]: the most groups the coordinator keeps in memory
+    /// (with members, or with a commit in flight); joining or committing to a new group beyond it gets
+    /// `RESOURCE_LIMIT_REACHED`.
+    pub groups_max: u32,
+    /// `groups.members_per_group_max`, default 1000, bounds [`bounds::MEMBERS_PER_GROUP`]:
+    /// a member joining a full group gets `GROUP_FULL`.
+    pub members_per_group_max: u32,
+    /// `groups.session_timeout_ms_min`, milliseconds, default 1000, bounds [`bounds::SESSION_TIMEOUT_MS`]:
+    /// the shortest session timeout a member may ask for (shorter gets `INVALID_SESSION_TIMEOUT`).
+    #[serde(rename = "session_timeout_ms_min", deserialize_with = "deserialize_millis")]
+    pub session_timeout_min: Duration,
+    /// `groups.session_timeout_ms_max`, milliseconds, default 5 minutes, bounds [`bounds::SESSION_TIMEOUT_MS`]
+    /// and at least `session_timeout_ms_min`: the longest session timeout a member may ask for.
+    #[serde(rename = "session_timeout_ms_max", deserialize_with = "deserialize_millis")]
+    pub session_timeout_max: Duration,
+    /// `groups.offsets_retention_ms`, milliseconds, default 7 days, bounds [`bounds::OFFSETS_RETENTION_MS`]:
+    /// committed offsets of a group without members expire this long after the later of the group becoming empty
+    /// and the commit; offsets of a deleted topic expire this long after their commit.
+    #[serde(rename = "offsets_retention_ms", deserialize_with = "deserialize_millis")]
+    pub offsets_retention: Duration,
+    /// `groups.offsets_retention_check_interval_ms`, milliseconds, default 10 minutes,
+    /// bounds [`bounds::OFFSETS_RETENTION_CHECK_INTERVAL_MS`]: how often expired offsets are looked for.
+    #[serde(rename = "offsets_retention_check_interval_ms", deserialize_with = "deserialize_millis")]
+    pub offsets_retention_check_interval: Duration,
 }
 
 /// The `[log]` section: defaults for every partition log; the per-topic overrides of the same names win.
@@ -340,6 +382,7 @@ impl Default for Config {
             log: LogDefaults::default(),
             server: ServerConfig::default(),
             producers: ProducersConfig::default(),
+            groups: GroupsConfig::default(),
         }
     }
 }
@@ -372,6 +415,19 @@ impl Default for ServerConfig {
             fetch_bytes_max: BATCH_BYTES_MAX,
             topics_max: 10_000,
             partitions_max: 4096,
+        }
+    }
+}
+
+impl Default for GroupsConfig {
+    fn default() -> GroupsConfig {
+        GroupsConfig {
+            groups_max: 10_000,
+            members_per_group_max: 1000,
+            session_timeout_min: Duration::from_secs(1),
+            session_timeout_max: Duration::from_secs(300),
+            offsets_retention: 7 * DAY,
+            offsets_retention_check_interval: Duration::from_secs(600),
         }
     }
 }
@@ -502,6 +558,23 @@ impl Config {
             bounds::PRODUCER_SNAPSHOT_INTERVAL_MS,
         )?;
         check("producers.snapshot_bytes", producers.snapshot_bytes, bounds::PRODUCER_SNAPSHOT_BYTES)?;
+        let groups = &self.groups;
+        check("groups.groups_max", groups.groups_max.into(), bounds::GROUPS)?;
+        check("groups.members_per_group_max", groups.members_per_group_max.into(), bounds::MEMBERS_PER_GROUP)?;
+        check("groups.session_timeout_ms_min", millis(groups.session_timeout_min), bounds::SESSION_TIMEOUT_MS)?;
+        check("groups.session_timeout_ms_max", millis(groups.session_timeout_max), bounds::SESSION_TIMEOUT_MS)?;
+        check("groups.offsets_retention_ms", millis(groups.offsets_retention), bounds::OFFSETS_RETENTION_MS)?;
+        check(
+            "groups.offsets_retention_check_interval_ms",
+            millis(groups.offsets_retention_check_interval),
+            bounds::OFFSETS_RETENTION_CHECK_INTERVAL_MS,
+        )?;
+        if groups.session_timeout_max < groups.session_timeout_min {
+            return Err(ConfigError::Invalid {
+                key: "groups.session_timeout_ms_max",
+                reason: "is smaller than groups.session_timeout_ms_min",
+            });
+        }
         if u64::from(log.batch_bytes_max) + u64::from(FRAME_OVERHEAD_BYTES_MAX) > u64::from(server.frame_bytes_max) {
             return Err(ConfigError::Invalid {
                 key: "server.frame_bytes_max",

@@ -12,6 +12,8 @@
 //! - `data_dir`: the data directory's layout and its exclusive lock.
 //! - [`partitions`]: the partitions registry: every topic's partition logs and appenders, topic creation and
 //!   deletion (crash-safe), the `logs/` directory layout.
+//! - [`groups`]: the consumer-group coordinator (membership, generations, assignors, commit rules) and the group
+//!   offset and lag metrics.
 //! - [`server`]: the accept loop, the connection limit, the state connections share.
 //! - `connection`: one connection: framing, pipelining, in-flight bound, timeouts, the bounded response queue.
 //! - `handlers`: one file per request kind; prost types stop there; `handlers::error_code` is the one
@@ -24,6 +26,7 @@ mod broker;
 pub mod config;
 mod connection;
 mod data_dir;
+pub mod groups;
 mod handlers;
 pub mod meta;
 pub mod metrics;

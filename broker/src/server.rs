@@ -25,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::groups::Coordinator;
+use crate::meta::MetaStore;
 use crate::metrics::{CONNECTIONS_REJECTED_TOTAL, LABEL_REASON};
 use crate::partitions::Partitions;
 use crate::producers::ProducerIds;
@@ -57,6 +59,10 @@ pub struct ServerState {
     pub(crate) tasks: TaskTracker,
     /// The registry of idempotent producer ids.
     pub(crate) producer_ids: Arc<ProducerIds>,
+    /// The metadata store (committed offsets). Its calls block: use `spawn_blocking`.
+    pub(crate) meta: Arc<MetaStore>,
+    /// The consumer-group coordinator.
+    pub(crate) groups: Arc<Coordinator>,
 }
 
 impl ServerState {
@@ -67,6 +73,8 @@ impl ServerState {
         producer_ids: Arc<ProducerIds>,
         shutdown: CancellationToken,
         tasks: TaskTracker,
+        meta: Arc<MetaStore>,
+        groups: Arc<Coordinator>,
     ) -> ServerState {
         ServerState {
             config,
@@ -75,6 +83,8 @@ impl ServerState {
             shutdown,
             tasks,
             producer_ids,
+            meta,
+            groups,
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The [`Admin`] client: topics.
+//! The [`Admin`] client: topics and consumer groups.
 //!
 //! Admin operations are not retried: creating a topic whose response was lost may have succeeded, and a retry
 //! would then fail with `TOPIC_ALREADY_EXISTS`. Errors say whether a retry can help
@@ -7,7 +7,8 @@
 use std::collections::BTreeMap;
 
 use ferry_protocol::messages::{
-    CreatableTopic, CreateTopicsRequest, DeleteTopicsRequest, DescribeTopicsRequest, ListTopicsRequest,
+    CreatableTopic, CreateTopicsRequest, DeleteTopicsRequest, DescribeGroupsRequest, DescribeTopicsRequest,
+    ListGroupsRequest, ListTopicsRequest, OffsetFetchRequest, TopicPartitions,
 };
 use ferry_protocol::{ApiKey, ErrorCode, Request, Response};
 
@@ -49,7 +50,65 @@ pub struct PartitionInfo {
     pub error: Option<(ErrorCode, String)>,
 }
 
-/// Creates, deletes, lists and describes topics.
+/// A consumer group as listed by [`Admin::list_groups`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupListing {
+    /// The group id.
+    pub group_id: String,
+    /// `empty`, `reconciling` (partitions are moving) or `stable`.
+    pub state: String,
+    /// How many members it has.
+    pub member_count: u32,
+}
+
+/// A consumer group, as described by [`Admin::describe_group`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInfo {
+    /// The group id.
+    pub group_id: String,
+    /// `empty`, `reconciling` or `stable`.
+    pub state: String,
+    /// The current generation (0 if the broker has not seen members since it started).
+    pub generation: i32,
+    /// The assignor in use; empty without members.
+    pub assignor: String,
+    /// The members, by member id.
+    pub members: Vec<GroupMemberInfo>,
+    /// Every partition the group is assigned or has an offset for: committed offset, end offset and lag.
+    pub partitions: Vec<GroupPartitionInfo>,
+}
+
+/// One member of a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMemberInfo {
+    /// The member id.
+    pub member_id: String,
+    /// The static instance id; empty for a dynamic member.
+    pub instance_id: String,
+    /// The client id it joined with.
+    pub client_id: String,
+    /// The partitions it reads now, as `(topic, partition)`.
+    pub assignment: Vec<(String, u32)>,
+}
+
+/// The progress of a group in one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupPartitionInfo {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: u32,
+    /// The member reading it now, if any.
+    pub member_id: Option<String>,
+    /// The committed offset (the next one the group consumes), if any.
+    pub committed: Option<u64>,
+    /// The partition's end offset (the next offset to be written).
+    pub end_offset: u64,
+    /// Records from the committed offset to the end; `None` without a committed offset.
+    pub lag: Option<u64>,
+}
+
+/// Creates, deletes, lists and describes topics; lists and describes consumer groups.
 ///
 /// ```no_run
 /// use ferry_client::{Admin, ConnectionConfig};
@@ -199,6 +258,104 @@ impl Admin {
         Ok(TopicInfo { name: topic.name, config: topic.config, partitions })
     }
 
+    /// Every consumer group the broker knows (with members or committed offsets), by id.
+    ///
+    /// ```no_run
+    /// # async fn example(admin: ferry_client::Admin) -> Result<(), ferry_client::ClientError> {
+    /// for group in admin.list_groups().await? {
+    ///     println!("{} {} ({} members)", group.group_id, group.state, group.member_count);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn list_groups(&self) -> Result<Vec<GroupListing>, ClientError> {
+        let Response::ListGroups(response) = self.connection.request(Request::ListGroups(ListGroupsRequest {})).await?
+        else {
+            return Err(unexpected(ApiKey::ListGroups, "not a ListGroups response"));
+        };
+        ClientError::check_wire(response.error_code, "")?;
+        Ok(response
+            .groups
+            .into_iter()
+            .map(|group| GroupListing {
+                group_id: group.group_id,
+                state: group.state,
+                member_count: group.member_count,
+            })
+            .collect())
+    }
+
+    /// Describes a consumer group: its members and assignments, and per partition the committed offset, the end
+    /// offset and the lag. Partitions of topics deleted since are left out.
+    ///
+    /// ```no_run
+    /// # async fn example(admin: ferry_client::Admin) -> Result<(), ferry_client::ClientError> {
+    /// let group = admin.describe_group("billing").await?;
+    /// for partition in &group.partitions {
+    ///     println!("{}/{} lag {:?}", partition.topic, partition.partition, partition.lag);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn describe_group(&self, group_id: &str) -> Result<GroupInfo, ClientError> {
+        let request = Request::DescribeGroups(DescribeGroupsRequest { group_ids: vec![group_id.to_owned()] });
+        let Response::DescribeGroups(response) = self.connection.request(request).await? else {
+            return Err(unexpected(ApiKey::DescribeGroups, "not a DescribeGroups response"));
+        };
+        ClientError::check_wire(response.error_code, "")?;
+        let group =
+            response.groups.into_iter().next().ok_or_else(|| unexpected(ApiKey::DescribeGroups, "no description"))?;
+        ClientError::check_wire(group.error_code, "")?;
+        let request = Request::OffsetFetch(OffsetFetchRequest { group_id: group_id.to_owned(), topics: Vec::new() });
+        let Response::OffsetFetch(offsets) = self.connection.request(request).await? else {
+            return Err(unexpected(ApiKey::OffsetFetch, "not an OffsetFetch response"));
+        };
+        ClientError::check_wire(offsets.error_code, &offsets.error_message)?;
+
+        let mut partitions: BTreeMap<(String, u32), GroupPartitionInfo> = BTreeMap::new();
+        let members: Vec<GroupMemberInfo> = group
+            .members
+            .into_iter()
+            .map(|member| GroupMemberInfo {
+                assignment: flatten(&member.assignment),
+                member_id: member.member_id,
+                instance_id: member.instance_id,
+                client_id: member.client_id,
+            })
+            .collect();
+        for member in &members {
+            for (topic, partition) in &member.assignment {
+                partition_entry(&mut partitions, topic, *partition).member_id = Some(member.member_id.clone());
+            }
+        }
+        for topic in &offsets.topics {
+            for partition in &topic.partitions {
+                if partition.committed {
+                    partition_entry(&mut partitions, &topic.name, partition.partition).committed =
+                        Some(partition.offset);
+                }
+            }
+        }
+        let topics: std::collections::BTreeSet<String> = partitions.keys().map(|(topic, _)| topic.clone()).collect();
+        for topic in topics {
+            let Ok(info) = self.describe_topic(&topic).await else { continue };
+            for described in info.partitions {
+                if let Some(found) = partitions.get_mut(&(topic.clone(), described.partition)) {
+                    found.end_offset = described.end_offset;
+                    found.lag = found.committed.map(|committed| described.end_offset.saturating_sub(committed));
+                }
+            }
+        }
+        Ok(GroupInfo {
+            group_id: group.group_id,
+            state: group.state,
+            generation: group.generation,
+            assignor: group.assignor,
+            members,
+            partitions: partitions.into_values().collect(),
+        })
+    }
+
     /// The connection this client uses, e.g. to send raw requests.
     pub fn connection(&self) -> &Connection {
         &self.connection
@@ -208,6 +365,25 @@ impl Admin {
     pub async fn close(&self) {
         self.connection.close().await;
     }
+}
+
+fn partition_entry<'a>(
+    partitions: &'a mut BTreeMap<(String, u32), GroupPartitionInfo>,
+    topic: &str,
+    partition: u32,
+) -> &'a mut GroupPartitionInfo {
+    partitions.entry((topic.to_owned(), partition)).or_insert_with(|| GroupPartitionInfo {
+        topic: topic.to_owned(),
+        partition,
+        member_id: None,
+        committed: None,
+        end_offset: 0,
+        lag: None,
+    })
+}
+
+fn flatten(topics: &[TopicPartitions]) -> Vec<(String, u32)> {
+    topics.iter().flat_map(|topic| topic.partitions.iter().map(|&partition| (topic.topic.clone(), partition))).collect()
 }
 
 fn unexpected(api: ApiKey, reason: &'static str) -> ClientError {

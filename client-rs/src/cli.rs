@@ -6,12 +6,19 @@
 //! ferry [--broker ADDR] produce TOPIC [--partition P] [--key-separator SEP] [--acks none|all] [--idempotent]
 //!       [--linger-ms MS] [--delivery-timeout-ms MS]
 //! ferry [--broker ADDR] consume TOPIC [--from-beginning] [--max-messages N] [--idle-timeout-ms MS] [--print-key]
-//!       [--print-offset] [--partition P]
+//!       [--print-offset] [--partition P] [--group G [--commit before|after|none]]
+//! ferry [--broker ADDR] group list | group describe G
 //! ```
 //!
 //! stdout carries only data (records, topic names and descriptions); logs, summaries and errors go to stderr.
 //! The exit code is 0 on success and 1 on failure, with one error line on stderr.
-//! Group and transaction flags are accepted by the parser only to be rejected with a clear "not supported yet".
+//! Transaction flags are accepted by the parser only to be rejected with a clear "not supported yet".
+//!
+//! `consume --group G` joins group G (the broker assigns it partitions of TOPIC, shared with the group's other
+//! members) and starts each partition at the group's committed offset (or at the beginning / end per
+//! `--from-beginning` when none is committed). `--commit after` (the default) commits the records printed, when it
+//! exits and every 5 seconds (at-least-once: a record is committed only once it was written to stdout);
+//! `--commit before` commits records before printing them (at-most-once); `--commit none` never commits.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -25,8 +32,8 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufWri
 use tokio::time::Instant;
 
 use crate::{
-    Acks, Admin, ClientError, ConnectionConfig, Consumer, ConsumerConfig, ConsumerRecord, OffsetReset, Producer,
-    ProducerConfig, ProducerRecord, SeekTo,
+    Acks, Admin, ClientError, CommitMode, ConnectionConfig, Consumer, ConsumerConfig, ConsumerRecord, GroupConfig,
+    OffsetReset, Producer, ProducerConfig, ProducerRecord, SeekTo,
 };
 
 /// The broker address used when `--broker` is not given.
@@ -68,13 +75,9 @@ pub enum Command {
     Produce(ProduceArgs),
     /// Print records, one value per line, on stdout.
     Consume(ConsumeArgs),
-    /// Consumer groups (not supported yet).
-    #[command(hide = true)]
-    Group {
-        /// Ignored.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
+    /// List or describe consumer groups.
+    #[command(subcommand)]
+    Group(GroupCommand),
     /// Transactions (not supported yet).
     #[command(hide = true)]
     Txn {
@@ -110,6 +113,29 @@ pub enum TopicCommand {
         /// The topic name.
         name: String,
     },
+}
+
+/// `ferry group ...`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum GroupCommand {
+    /// List every group on stdout, one per line: GROUP<TAB>STATE<TAB>MEMBERS.
+    List,
+    /// Print a group's members and assignments, and per partition its committed offset, end offset and lag.
+    Describe {
+        /// The group id.
+        name: String,
+    },
+}
+
+/// When `ferry consume --group` commits offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CommitArg {
+    /// Commit records before printing them: at-most-once.
+    Before,
+    /// Commit records once printed: at-least-once.
+    After,
+    /// Never commit.
+    None,
 }
 
 /// The acknowledgement mode of `ferry produce`.
@@ -176,15 +202,16 @@ pub struct ConsumeArgs {
     /// Read only this partition (default: all of the topic's partitions).
     #[arg(long)]
     pub partition: Option<u32>,
-    /// Consumer group (not supported yet).
-    #[arg(long, hide = true, value_name = "G")]
+    /// Consume as a member of this consumer group: partitions are shared with its other members and reading resumes
+    /// at the group's committed offsets.
+    #[arg(long, value_name = "G")]
     pub group: Option<String>,
     /// Isolation level (not supported yet).
     #[arg(long, hide = true)]
     pub isolation: Option<String>,
-    /// Offset commit mode (not supported yet).
-    #[arg(long, hide = true)]
-    pub commit: Option<String>,
+    /// With --group: when offsets are committed [default: after].
+    #[arg(long, value_enum)]
+    pub commit: Option<CommitArg>,
 }
 
 /// Why a `ferry` command failed; printed as one line on stderr.
@@ -193,6 +220,9 @@ pub enum CliError {
     /// A client operation failed.
     #[error(transparent)]
     Client(#[from] ClientError),
+    /// Flags that do not go together.
+    #[error("{0}")]
+    Usage(&'static str),
     /// A flag or command exists in the design but not in this version.
     #[error("{what} is not supported yet: {why}")]
     NotSupported {
@@ -228,7 +258,6 @@ pub enum CliError {
     Stdout(#[source] std::io::Error),
 }
 
-const GROUPS_LATER: &str = "consumer groups arrive in a later release";
 const TRANSACTIONS_LATER: &str = "transactions arrive in a later release";
 
 fn not_supported(what: &'static str, why: &'static str) -> CliError {
@@ -331,7 +360,7 @@ where
         Command::Topic(command) => topic(&broker, command, stdout, &mut stderr).await,
         Command::Produce(args) => produce(&broker, args, stdin, &mut stderr).await,
         Command::Consume(args) => consume(&broker, args, stdout, &mut stderr).await,
-        Command::Group { .. } => Err(not_supported("`ferry group`", GROUPS_LATER)),
+        Command::Group(command) => group(&broker, command, stdout).await,
         Command::Txn { .. } => Err(not_supported("`ferry txn`", TRANSACTIONS_LATER)),
     }
 }
@@ -349,7 +378,6 @@ async fn topic(
     stderr: &mut (impl AsyncWrite + Unpin),
 ) -> Result<(), CliError> {
     let admin = Admin::new(broker, ConnectionConfig::default())?;
-    let mut out = BufWriter::new(stdout);
     let mut text = String::new();
     match command {
         TopicCommand::Create { name, partitions, config } => {
@@ -389,14 +417,7 @@ async fn topic(
         }
     }
     admin.close().await;
-    let written = match write_out(&mut out, text.as_bytes()).await {
-        Ok(()) => flush_out(&mut out).await,
-        stop => stop,
-    };
-    match written {
-        Ok(()) | Err(WriteStop::Closed) => Ok(()),
-        Err(WriteStop::Failed(error)) => Err(CliError::Stdout(error)),
-    }
+    print_text(stdout, &text).await
 }
 
 async fn produce(
@@ -508,32 +529,45 @@ async fn consume(
     stdout: impl AsyncWrite + Unpin,
     stderr: &mut (impl AsyncWrite + Unpin),
 ) -> Result<(), CliError> {
-    if args.group.is_some() {
-        return Err(not_supported("--group", GROUPS_LATER));
-    }
-    if args.commit.is_some() {
-        return Err(not_supported("--commit", GROUPS_LATER));
-    }
     if args.isolation.is_some() {
         return Err(not_supported("--isolation", TRANSACTIONS_LATER));
+    }
+    if args.commit.is_some() && args.group.is_none() {
+        return Err(CliError::Usage("--commit needs --group"));
+    }
+    if args.partition.is_some() && args.group.is_some() {
+        return Err(CliError::Usage("--partition and --group do not go together: the group assigns partitions"));
     }
     if args.max_messages == Some(0) {
         return Ok(());
     }
     let start = if args.from_beginning { SeekTo::Earliest } else { SeekTo::Latest };
     let offset_reset = if args.from_beginning { OffsetReset::Earliest } else { OffsetReset::Latest };
-    let mut consumer = Consumer::new(broker, ConsumerConfig { offset_reset, ..ConsumerConfig::default() })?;
-    let partitions: Vec<u32> = match args.partition {
-        Some(partition) => vec![partition],
-        None => {
-            let admin = Admin::new(broker, ConnectionConfig::default())?;
-            let topic = admin.describe_topic(&args.topic).await;
-            admin.close().await;
-            topic?.partitions.iter().map(|partition| partition.partition).collect()
-        }
-    };
-    consumer.assign(&args.topic, partitions)?;
-    consumer.seek_all(start);
+    let group = args.group.as_ref().map(|group_id| GroupConfig {
+        commit_mode: match args.commit.unwrap_or(CommitArg::After) {
+            CommitArg::Before => CommitMode::Before,
+            CommitArg::After => CommitMode::After,
+            CommitArg::None => CommitMode::None,
+        },
+        ..GroupConfig::new(group_id.clone())
+    });
+    let is_group = group.is_some();
+    let mut consumer = Consumer::new(broker, ConsumerConfig { offset_reset, group, ..ConsumerConfig::default() })?;
+    if is_group {
+        consumer.subscribe([args.topic.as_str()])?;
+    } else {
+        let partitions: Vec<u32> = match args.partition {
+            Some(partition) => vec![partition],
+            None => {
+                let admin = Admin::new(broker, ConnectionConfig::default())?;
+                let topic = admin.describe_topic(&args.topic).await;
+                admin.close().await;
+                topic?.partitions.iter().map(|partition| partition.partition).collect()
+            }
+        };
+        consumer.assign(&args.topic, partitions)?;
+        consumer.seek_all(start);
+    }
     let idle_timeout = args.idle_timeout_ms.map(Duration::from_millis);
     let mut last_record_at = Instant::now();
     let mut n_printed: u64 = 0;
@@ -555,16 +589,22 @@ async fn consume(
             continue;
         }
         last_record_at = Instant::now();
-        for record in records {
+        let mut records = records.into_iter();
+        while let Some(record) = records.next() {
             line.clear();
             format_record(&record, args.print_key, args.print_offset, &mut line);
             match write_out(&mut out, &line).await {
                 Ok(()) => {}
-                Err(WriteStop::Closed) => break 'poll,
+                Err(WriteStop::Closed) => {
+                    rewind_unprinted(&mut consumer, Some(record), records.by_ref());
+                    break 'poll;
+                }
                 Err(WriteStop::Failed(error)) => return Err(CliError::Stdout(error)),
             }
             n_printed += 1;
             if args.max_messages.is_some_and(|max| n_printed >= max) {
+                // Records received but not printed are not processed: a group commit must not cover them.
+                rewind_unprinted(&mut consumer, None, records.by_ref());
                 break 'poll;
             }
         }
@@ -581,6 +621,83 @@ async fn consume(
     consumer.close().await;
     note(stderr, &format!("consumed {n_printed} records")).await;
     Ok(())
+}
+
+/// Moves each partition back to its first record not printed (`first`, then `rest`), so that a commit covers only
+/// printed records.
+fn rewind_unprinted(
+    consumer: &mut Consumer,
+    first: Option<ConsumerRecord>,
+    rest: impl Iterator<Item = ConsumerRecord>,
+) {
+    let mut rewound = std::collections::BTreeSet::new();
+    for record in first.into_iter().chain(rest) {
+        if rewound.insert((record.topic.clone(), record.partition)) {
+            let _ = consumer.seek(&record.topic, record.partition, SeekTo::Offset(record.offset));
+        }
+    }
+}
+
+async fn group(broker: &str, command: GroupCommand, stdout: impl AsyncWrite + Unpin) -> Result<(), CliError> {
+    let admin = Admin::new(broker, ConnectionConfig::default())?;
+    let mut text = String::new();
+    match command {
+        GroupCommand::List => {
+            for group in admin.list_groups().await? {
+                text.push_str(&format!("{}\t{}\t{}\n", group.group_id, group.state, group.member_count));
+            }
+        }
+        GroupCommand::Describe { name } => {
+            let group = admin.describe_group(&name).await?;
+            text.push_str(&format!(
+                "group: {}\tstate: {}\tgeneration: {}\tassignor: {}\tmembers: {}\n",
+                group.group_id,
+                group.state,
+                group.generation,
+                if group.assignor.is_empty() { "-" } else { &group.assignor },
+                group.members.len()
+            ));
+            for member in &group.members {
+                let assignment: Vec<String> =
+                    member.assignment.iter().map(|(topic, partition)| format!("{topic}/{partition}")).collect();
+                text.push_str(&format!(
+                    "\tmember: {}\tinstance: {}\tclient: {}\tpartitions: {}\n",
+                    member.member_id,
+                    if member.instance_id.is_empty() { "-" } else { &member.instance_id },
+                    member.client_id,
+                    assignment.join(",")
+                ));
+            }
+            text.push_str("\tTOPIC\tPARTITION\tMEMBER\tCOMMITTED\tEND\tLAG\n");
+            let dash = || "-".to_owned();
+            for partition in &group.partitions {
+                text.push_str(&format!(
+                    "\t{}\t{}\t{}\t{}\t{}\t{}\n",
+                    partition.topic,
+                    partition.partition,
+                    partition.member_id.clone().unwrap_or_else(dash),
+                    partition.committed.map_or_else(dash, |offset| offset.to_string()),
+                    partition.end_offset,
+                    partition.lag.map_or_else(dash, |lag| lag.to_string()),
+                ));
+            }
+        }
+    }
+    admin.close().await;
+    print_text(stdout, &text).await
+}
+
+/// Writes a command's whole output to stdout; a closed stdout (`| head`) is not an error.
+async fn print_text(stdout: impl AsyncWrite + Unpin, text: &str) -> Result<(), CliError> {
+    let mut out = BufWriter::new(stdout);
+    let written = match write_out(&mut out, text.as_bytes()).await {
+        Ok(()) => flush_out(&mut out).await,
+        stop => stop,
+    };
+    match written {
+        Ok(()) | Err(WriteStop::Closed) => Ok(()),
+        Err(WriteStop::Failed(error)) => Err(CliError::Stdout(error)),
+    }
 }
 
 /// One output line: `[PARTITION:OFFSET<TAB>][KEY<TAB>]VALUE<LF>`; null keys and values print as nothing.

@@ -2,8 +2,9 @@
 //!
 //! Three clients share one connection layer:
 //! - [`Producer`] batches records per partition and delivers them with retries, up to a delivery timeout.
-//! - [`Consumer`] reads assigned partitions with long-poll fetches and prefetching, verifying every batch's checksum.
-//! - [`Admin`] creates, deletes, lists and describes topics.
+//! - [`Consumer`] reads assigned partitions with long-poll fetches and prefetching, verifying every batch's checksum;
+//!   with a [`GroupConfig`] it joins a consumer group, follows rebalances and commits offsets per its [`CommitMode`].
+//! - [`Admin`] creates, deletes, lists and describes topics, and lists and describes consumer groups.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -32,8 +33,8 @@
 //! - [`connection`]: [`Connection`]: one TCP connection, version negotiation, pipelined requests, reconnection.
 //! - [`partitioner`]: Kafka's murmur2 key hash, so keys land on the partitions Kafka would pick.
 //! - [`producer`]: [`Producer`] and its background task (batching, linger, retries, delivery timeout, backpressure).
-//! - [`consumer`]: [`Consumer`] (manual assignment, seek, poll).
-//! - [`admin`]: [`Admin`] (topics).
+//! - [`consumer`]: [`Consumer`] (manual assignment, seek, poll; group membership, rebalances, commits).
+//! - [`admin`]: [`Admin`] (topics, groups).
 //! - `cli` (feature `cli`, on by default): the `ferry` command line, as a library so tests can drive it.
 //!
 //! The crate depends on `ferry-protocol` and never on the broker.
@@ -48,9 +49,14 @@ pub mod error;
 pub mod partitioner;
 pub mod producer;
 
-pub use admin::{Admin, PartitionInfo, TopicInfo, TopicListing};
+pub use admin::{
+    Admin, GroupInfo, GroupListing, GroupMemberInfo, GroupPartitionInfo, PartitionInfo, TopicInfo, TopicListing,
+};
 pub use connection::{BrokerLimits, Connection, ConnectionConfig};
-pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset, SeekTo};
+pub use consumer::{
+    CommitMode, Consumer, ConsumerConfig, ConsumerRecord, GroupAssignor, GroupConfig, OffsetReset, RebalanceEvent,
+    SeekTo,
+};
 pub use error::ClientError;
 pub use partitioner::{murmur2, partition_for_key};
 pub use producer::{Acks, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata};

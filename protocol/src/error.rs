@@ -267,6 +267,30 @@ error_codes! {
     ProducerIdLimit = 103, true, "PRODUCER_ID_LIMIT";
     /// The batch's producer epoch is newer than any the broker issued for the producer id. Nothing was written.
     InvalidProducerEpoch = 104, false, "INVALID_PRODUCER_EPOCH";
+    /// A group id or static instance id is not 1-255 bytes of `[a-zA-Z0-9._-]`.
+    GroupIdInvalid = 200, false, "GROUP_ID_INVALID";
+    /// The member is not in the group: it never joined, left, or missed its session timeout. It must join again
+    /// (with an empty member id) and must not commit for the partitions it held.
+    UnknownMember = 201, false, "UNKNOWN_MEMBER";
+    /// The request carries an older generation than the group's: a rebalance happened since the member last heard.
+    /// A heartbeat tells it the current generation and assignment.
+    StaleGeneration = 202, false, "STALE_GENERATION";
+    /// The member does not own the partition it commits for (it was never assigned it, or gave it up).
+    NotAssigned = 203, false, "NOT_ASSIGNED";
+    /// The partition is assigned to the member but its previous owner has not released it yet; retry after the
+    /// next heartbeat.
+    RebalanceInProgress = 204, true, "REBALANCE_IN_PROGRESS";
+    /// The group has the broker's most members per group (`groups.members_per_group_max`).
+    GroupFull = 205, false, "GROUP_FULL";
+    /// The requested session timeout is outside the broker's bounds (`groups.session_timeout_ms_min..=max`).
+    InvalidSessionTimeout = 206, false, "INVALID_SESSION_TIMEOUT";
+    /// A newer instance with the same static instance id joined and took over this member's place; this one must
+    /// stop consuming.
+    FencedInstanceId = 207, false, "FENCED_INSTANCE_ID";
+    /// The metadata string of an offset commit exceeds 4096 bytes.
+    OffsetMetadataTooLarge = 208, false, "OFFSET_METADATA_TOO_LARGE";
+    /// The member asks for another assignor than the group uses, or for one the broker does not know.
+    InconsistentAssignor = 209, false, "INCONSISTENT_ASSIGNOR";
 }
 
 impl ErrorCode {
@@ -360,6 +384,16 @@ mod tests {
             (102, "UNKNOWN_PRODUCER_ID", false),
             (103, "PRODUCER_ID_LIMIT", true),
             (104, "INVALID_PRODUCER_EPOCH", false),
+            (200, "GROUP_ID_INVALID", false),
+            (201, "UNKNOWN_MEMBER", false),
+            (202, "STALE_GENERATION", false),
+            (203, "NOT_ASSIGNED", false),
+            (204, "REBALANCE_IN_PROGRESS", true),
+            (205, "GROUP_FULL", false),
+            (206, "INVALID_SESSION_TIMEOUT", false),
+            (207, "FENCED_INSTANCE_ID", false),
+            (208, "OFFSET_METADATA_TOO_LARGE", false),
+            (209, "INCONSISTENT_ASSIGNOR", false),
         ];
         assert_eq!(ErrorCode::ALL.len(), expected.len());
         for &(value, name, retriable) in expected {

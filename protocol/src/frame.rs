@@ -45,7 +45,7 @@ pub const FRAME_HEADER_BYTES: u32 = 10;
 /// The apis of protocol version 1, by their stable api key.
 ///
 /// A key, once assigned, never changes meaning.
-/// Reserved, not yet implemented: 20-39 consumer groups, 40-59 transactions,
+/// Reserved, not yet implemented: 27-39 consumer groups, 40-59 transactions,
 /// 60-79 queue groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u16)]
@@ -68,11 +68,25 @@ pub enum ApiKey {
     ListOffsets = 7,
     /// Issues an idempotent producer's id and epoch.
     InitProducerId = 8,
+    /// Joins a consumer group.
+    JoinGroup = 20,
+    /// Keeps a group membership alive and learns the member's assignment.
+    Heartbeat = 21,
+    /// Leaves a consumer group.
+    LeaveGroup = 22,
+    /// Commits a group's offsets.
+    OffsetCommit = 23,
+    /// Reads a group's committed offsets.
+    OffsetFetch = 24,
+    /// Lists the consumer groups.
+    ListGroups = 25,
+    /// Describes consumer groups: members and assignments.
+    DescribeGroups = 26,
 }
 
 impl ApiKey {
     /// Every api this build speaks, in api-key order (the order ApiVersions lists them in).
-    pub const ALL: [ApiKey; 9] = [
+    pub const ALL: [ApiKey; 16] = [
         ApiKey::ApiVersions,
         ApiKey::CreateTopics,
         ApiKey::DeleteTopics,
@@ -82,6 +96,13 @@ impl ApiKey {
         ApiKey::Fetch,
         ApiKey::ListOffsets,
         ApiKey::InitProducerId,
+        ApiKey::JoinGroup,
+        ApiKey::Heartbeat,
+        ApiKey::LeaveGroup,
+        ApiKey::OffsetCommit,
+        ApiKey::OffsetFetch,
+        ApiKey::ListGroups,
+        ApiKey::DescribeGroups,
     ];
 
     /// The numeric key sent in the frame header.
@@ -101,6 +122,13 @@ impl ApiKey {
             ApiKey::Fetch => "fetch",
             ApiKey::ListOffsets => "list_offsets",
             ApiKey::InitProducerId => "init_producer_id",
+            ApiKey::JoinGroup => "join_group",
+            ApiKey::Heartbeat => "heartbeat",
+            ApiKey::LeaveGroup => "leave_group",
+            ApiKey::OffsetCommit => "offset_commit",
+            ApiKey::OffsetFetch => "offset_fetch",
+            ApiKey::ListGroups => "list_groups",
+            ApiKey::DescribeGroups => "describe_groups",
         }
     }
 

@@ -231,6 +231,13 @@ apis! {
     Fetch => FetchRequest, FetchResponse;
     ListOffsets => ListOffsetsRequest, ListOffsetsResponse;
     InitProducerId => InitProducerIdRequest, InitProducerIdResponse;
+    JoinGroup => JoinGroupRequest, JoinGroupResponse;
+    Heartbeat => HeartbeatRequest, HeartbeatResponse;
+    LeaveGroup => LeaveGroupRequest, LeaveGroupResponse;
+    OffsetCommit => OffsetCommitRequest, OffsetCommitResponse;
+    OffsetFetch => OffsetFetchRequest, OffsetFetchResponse;
+    ListGroups => ListGroupsRequest, ListGroupsResponse;
+    DescribeGroups => DescribeGroupsRequest, DescribeGroupsResponse;
 }
 
 impl From<ErrorResponse> for Response {
@@ -256,7 +263,14 @@ impl Request {
             | Request::DeleteTopics(_)
             | Request::ListTopics(_)
             | Request::DescribeTopics(_)
-            | Request::InitProducerId(_) => Ok(()),
+            | Request::InitProducerId(_)
+            | Request::JoinGroup(_)
+            | Request::Heartbeat(_)
+            | Request::LeaveGroup(_)
+            | Request::OffsetCommit(_)
+            | Request::OffsetFetch(_)
+            | Request::ListGroups(_)
+            | Request::DescribeGroups(_) => Ok(()),
         }
     }
 }

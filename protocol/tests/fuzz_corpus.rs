@@ -184,6 +184,67 @@ fn frame_seeds() -> Vec<(&'static str, Vec<u8>)> {
             ),
         ),
         (
+            "join-group-request",
+            request_frame(
+                JoinGroupRequest {
+                    group_id: "billing".to_owned(),
+                    instance_id: "host-1".to_owned(),
+                    topics: vec!["orders".to_owned()],
+                    session_timeout_ms: 10_000,
+                    assignor: "cooperative-sticky".to_owned(),
+                    client_id: "ferry-client-rs".to_owned(),
+                    ..JoinGroupRequest::default()
+                },
+                8,
+            ),
+        ),
+        (
+            "offset-commit-request",
+            request_frame(
+                OffsetCommitRequest {
+                    group_id: "billing".to_owned(),
+                    member_id: "m-1".to_owned(),
+                    generation: 3,
+                    topics: vec![OffsetCommitTopic {
+                        name: "orders".to_owned(),
+                        partitions: vec![OffsetCommitPartition { partition: 1, offset: 42, metadata: "m".to_owned() }],
+                    }],
+                },
+                9,
+            ),
+        ),
+        (
+            "heartbeat-response",
+            response_frame(
+                HeartbeatResponse {
+                    generation: 3,
+                    assignment: vec![TopicPartitions { topic: "orders".to_owned(), partitions: vec![0, 2] }],
+                    heartbeat_interval_ms: 3333,
+                    ..HeartbeatResponse::default()
+                },
+                ApiKey::Heartbeat,
+            ),
+        ),
+        (
+            "offset-fetch-response",
+            response_frame(
+                OffsetFetchResponse {
+                    topics: vec![OffsetFetchTopic {
+                        name: "orders".to_owned(),
+                        partitions: vec![OffsetFetchPartition {
+                            partition: 1,
+                            committed: true,
+                            offset: 42,
+                            commit_timestamp_ms: 1_700_000_000_000,
+                            ..OffsetFetchPartition::default()
+                        }],
+                    }],
+                    ..OffsetFetchResponse::default()
+                },
+                ApiKey::OffsetFetch,
+            ),
+        ),
+        (
             "api-versions-response",
             response_frame(
                 ApiVersionsResponse {

@@ -83,6 +83,13 @@ fn ops_broker_toml_lists_every_key() {
         "id_expiration_ms",
         "snapshot_interval_ms",
         "snapshot_bytes",
+        "[groups]",
+        "groups_max",
+        "members_per_group_max",
+        "session_timeout_ms_min",
+        "session_timeout_ms_max",
+        "offsets_retention_ms",
+        "offsets_retention_check_interval_ms",
     ];
     for key in keys {
         let written = text.lines().any(|line| line.starts_with(key));
@@ -146,6 +153,10 @@ fn validate_names_the_key_out_of_bounds() {
     check_invalid("metrics_listen", |config| config.metrics_listen = config.listen);
     check_invalid("fsync", |config| config.fsync = FsyncPolicy::Interval(Duration::ZERO));
     check_invalid("log.segment_bytes", |config| config.log.segment_bytes = 10);
+    check_invalid("groups.session_timeout_ms_max", |config| {
+        config.groups.session_timeout_max = Duration::from_millis(500)
+    });
+    check_invalid("groups.offsets_retention_ms", |config| config.groups.offsets_retention = Duration::from_millis(999));
     check_invalid("log.segment_bytes", |config| config.log.segment_bytes = 1 << 32);
     check_invalid("log.segment_ms", |config| config.log.segment_age = Duration::ZERO);
     check_invalid("log.retention_ms", |config| config.log.retention_age = Limit::AtMost(Duration::MAX));

@@ -14,12 +14,16 @@
 //! - `init_producer_id`: issues idempotent producer ids.
 //! - `fetch`: long-poll reads of whole stored batches.
 //! - `list_offsets`: earliest, latest and by-timestamp lookups.
+//! - `groups`: consumer-group membership (join, heartbeat, leave) and visibility (list, describe).
+//! - `group_offsets`: committed offsets (commit, fetch).
 
 pub(crate) mod api_versions;
 mod create_topics;
 mod delete_topics;
 mod describe_topics;
 pub(crate) mod fetch;
+mod group_offsets;
+mod groups;
 mod init_producer_id;
 mod list_offsets;
 mod list_topics;
@@ -30,18 +34,22 @@ use std::time::Duration;
 
 use ferry_log::{LogError, ProducerError};
 use ferry_protocol::messages::{
-    ApiVersionsResponse, CreateTopicsResponse, DeleteTopicsResponse, DescribeTopicsResponse, FetchResponse,
-    InitProducerIdResponse, ListOffsetsResponse, ListTopicsResponse, ProduceResponse, error_code_to_wire,
+    ApiVersionsResponse, CreateTopicsResponse, DeleteTopicsResponse, DescribeGroupsResponse, DescribeTopicsResponse,
+    FetchResponse, HeartbeatResponse, InitProducerIdResponse, JoinGroupResponse, LeaveGroupResponse,
+    ListGroupsResponse, ListOffsetsResponse, ListTopicsResponse, OffsetCommitResponse, OffsetFetchResponse,
+    ProduceResponse, error_code_to_wire,
 };
 use ferry_protocol::{ApiKey, ErrorCode, ProtocolError, Request, Response};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::groups::GroupError;
 use crate::meta::MetaError;
 use crate::partitions::PartitionsError;
 use crate::producers::{AdmitError, IssueError};
 use crate::server::ServerState;
 
+pub(crate) use group_offsets::epoch_ms;
 pub(crate) use produce::ProduceTurn;
 
 /// Most partitions (or topics, for the admin apis) one request may name.
@@ -121,6 +129,12 @@ pub enum HandlerError {
     /// The same topic appears twice in one CreateTopics request.
     #[error("the topic appears more than once in the request")]
     DuplicateTopic,
+    /// The group coordinator refused the operation.
+    #[error(transparent)]
+    Group(#[from] GroupError),
+    /// The metadata store failed (reading or writing committed offsets).
+    #[error(transparent)]
+    Meta(#[from] MetaError),
 }
 
 /// The one mapping from handler errors to wire error codes.
@@ -145,6 +159,26 @@ pub fn error_code(error: &HandlerError) -> ErrorCode {
         HandlerError::Issue(IssueError::Meta(_)) => ErrorCode::StorageError,
         HandlerError::TimedOut { .. } => ErrorCode::RequestTimedOut,
         HandlerError::ShuttingDown => ErrorCode::BrokerShuttingDown,
+        HandlerError::Group(error) => group_error_code(error),
+        HandlerError::Meta(MetaError::Corrupt { .. } | MetaError::UnsupportedFormat { .. }) => ErrorCode::Unknown,
+        HandlerError::Meta(_) => ErrorCode::StorageError,
+    }
+}
+
+fn group_error_code(error: &GroupError) -> ErrorCode {
+    match error {
+        GroupError::InvalidId { .. } => ErrorCode::GroupIdInvalid,
+        GroupError::UnknownMember { .. } | GroupError::GroupNotEmpty { .. } => ErrorCode::UnknownMember,
+        GroupError::FencedInstance { .. } => ErrorCode::FencedInstanceId,
+        GroupError::StaleGeneration { .. } => ErrorCode::StaleGeneration,
+        GroupError::NotAssigned { .. } => ErrorCode::NotAssigned,
+        GroupError::RebalanceInProgress { .. } => ErrorCode::RebalanceInProgress,
+        GroupError::GroupFull { .. } => ErrorCode::GroupFull,
+        GroupError::GroupsLimit { .. } => ErrorCode::ResourceLimitReached,
+        GroupError::InvalidSessionTimeout { .. } => ErrorCode::InvalidSessionTimeout,
+        GroupError::InconsistentAssignor { .. } => ErrorCode::InconsistentAssignor,
+        GroupError::MetadataTooLarge { .. } => ErrorCode::OffsetMetadataTooLarge,
+        GroupError::TooManyTopics => ErrorCode::InvalidRequest,
     }
 }
 
@@ -252,6 +286,13 @@ pub(crate) async fn handle(state: &ServerState, request: Request, context: Reque
         }
         Request::ListOffsets(request) => Some(list_offsets::handle(state, request).await.into()),
         Request::InitProducerId(request) => Some(init_producer_id::handle(state, request).await.into()),
+        Request::JoinGroup(request) => Some(groups::join(state, request).into()),
+        Request::Heartbeat(request) => Some(groups::heartbeat(state, request).into()),
+        Request::LeaveGroup(request) => Some(groups::leave(state, request).into()),
+        Request::OffsetCommit(request) => Some(group_offsets::commit(state, request).await.into()),
+        Request::OffsetFetch(request) => Some(group_offsets::fetch(state, request).await.into()),
+        Request::ListGroups(_) => Some(groups::list(state).await.into()),
+        Request::DescribeGroups(request) => Some(groups::describe(state, request).into()),
     };
     let result = match &response {
         Some(response) => result_code(response),
@@ -277,6 +318,13 @@ pub(crate) fn request_error(api: ApiKey, code: ErrorCode) -> Response {
         ApiKey::InitProducerId => {
             InitProducerIdResponse { error_code, producer_id: -1, producer_epoch: -1, ..Default::default() }.into()
         }
+        ApiKey::JoinGroup => JoinGroupResponse { error_code, ..Default::default() }.into(),
+        ApiKey::Heartbeat => HeartbeatResponse { error_code, ..Default::default() }.into(),
+        ApiKey::LeaveGroup => LeaveGroupResponse { error_code, ..Default::default() }.into(),
+        ApiKey::OffsetCommit => OffsetCommitResponse { error_code, ..Default::default() }.into(),
+        ApiKey::OffsetFetch => OffsetFetchResponse { error_code, ..Default::default() }.into(),
+        ApiKey::ListGroups => ListGroupsResponse { error_code, ..Default::default() }.into(),
+        ApiKey::DescribeGroups => DescribeGroupsResponse { error_code, ..Default::default() }.into(),
     }
 }
 
@@ -302,7 +350,25 @@ fn result_code(response: &Response) -> ErrorCode {
             .iter()
             .flat_map(|topic| topic.partitions.iter().map(|partition| partition.error_code))
             .find(|&c| c != 0),
-        Response::ApiVersions(_) | Response::ListTopics(_) | Response::InitProducerId(_) | Response::Error(_) => None,
+        Response::OffsetCommit(response) => response
+            .topics
+            .iter()
+            .flat_map(|topic| topic.partitions.iter().map(|partition| partition.error_code))
+            .find(|&c| c != 0),
+        Response::OffsetFetch(response) => response
+            .topics
+            .iter()
+            .flat_map(|topic| topic.partitions.iter().map(|partition| partition.error_code))
+            .find(|&c| c != 0),
+        Response::DescribeGroups(response) => response.groups.iter().map(|group| group.error_code).find(|&c| c != 0),
+        Response::ApiVersions(_)
+        | Response::ListTopics(_)
+        | Response::InitProducerId(_)
+        | Response::JoinGroup(_)
+        | Response::Heartbeat(_)
+        | Response::LeaveGroup(_)
+        | Response::ListGroups(_)
+        | Response::Error(_) => None,
     };
     let code = if top != 0 { top } else { first_item.unwrap_or(0) };
     ferry_protocol::messages::error_code_from_wire(code).unwrap_or(ErrorCode::Unknown)

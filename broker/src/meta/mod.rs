@@ -32,7 +32,8 @@
 //! - `broker`, key `next_topic_id`: the next topic id to assign (ids start at 1).
 //! - `topics`, key: topic name. Value: id, partition count, per-topic config, created-at, state.
 //! - `consumer_offsets`, key: `u16` length, group, `u64` topic id, `u32` partition.
-//!   Value: offset, metadata, commit time.
+//!   Value: offset (the next one the group consumes), metadata string, commit time (ms since the epoch).
+//!   Written by the group coordinator's OffsetCommit (one synced batch per request), deleted by offset expiry.
 //! - `broker`, key `next_producer_id`: the next idempotent producer id to issue (ids start at 1; absent until the
 //!   first is issued).
 //! - `producer_ids`, key: `u64` producer id. Value: its epoch and when it was last seen (issued or wrote). Written
@@ -49,8 +50,8 @@
 //!   Value: what to do when the timer is due. Keys sort by deadline, so the due timers come first.
 //! - `dedup_<bucket>`, key: `u64` topic id, dedup key. Value: partition and offset of the first copy.
 //!
-//! `broker`, `topics`, `producer_ids` and `producer_state` are written today (`producers.rs` holds the producer
-//! entries).
+//! `broker`, `topics`, `consumer_offsets`, `producer_ids` and `producer_state` are written today (`producers.rs` holds
+//! the producer entries).
 //! The other entries are the planned layout for the issues that fill them (consumer groups, idempotence,
 //! transactions, queue groups, message-id dedup); those issues may refine an entry and must update this list.
 //! `dedup_<bucket>` column families are created on demand, one per time bucket (`<bucket>` is the bucket's start
@@ -174,6 +175,20 @@ pub struct BrokerInfo {
     pub created_at_ms: u64,
 }
 
+/// A committed consumer-group offset, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedOffset {
+    /// The next offset the group consumes.
+    pub offset: u64,
+    /// Application metadata committed with it.
+    pub metadata: String,
+    /// When it was committed, in milliseconds since the Unix epoch.
+    pub commit_time_ms: u64,
+}
+
+/// One committed offset with its partition, as `(topic id, partition, offset)`.
+pub type GroupOffset = (u64, u32, CommittedOffset);
+
 /// An error from the RocksDB engine, kept opaque so that no RocksDB type leaks out of this module.
 #[derive(Debug)]
 pub struct EngineError(rocksdb::Error);
@@ -295,6 +310,8 @@ pub struct MetaStore {
     next_topic_id: Mutex<u64>,
     /// The next producer id to issue.
     next_producer_id: Mutex<u64>,
+    /// Serializes offset commits with offset expiry's read-then-delete, so expiry never deletes a fresh commit.
+    offsets: Mutex<()>,
 }
 
 impl fmt::Debug for MetaStore {
@@ -354,6 +371,7 @@ impl MetaStore {
             cf_names,
             next_topic_id: Mutex::new(next_topic_id),
             next_producer_id: Mutex::new(next_producer_id),
+            offsets: Mutex::new(()),
         })
     }
 
@@ -443,6 +461,95 @@ impl MetaStore {
         Ok(Some(record))
     }
 
+    /// Stores committed offsets of one group, `(topic id, partition, offset)`, in one synced batch.
+    pub fn commit_offsets(&self, group: &str, offsets: &[GroupOffset]) -> Result<(), MetaError> {
+        let _serialized = self.offsets.lock().unwrap_or_else(PoisonError::into_inner);
+        let cf = self.cf(CF_CONSUMER_OFFSETS);
+        let mut batch = WriteBatch::default();
+        for (topic_id, partition, committed) in offsets {
+            let key = offset_key(group, *topic_id, *partition);
+            batch.put_cf(&cf, key, values::encode(&values::offset_to_value(committed)));
+        }
+        self.write(batch)
+    }
+
+    /// Every committed offset of one group, ordered by topic id and partition.
+    pub fn group_offsets(&self, group: &str) -> Result<Vec<GroupOffset>, MetaError> {
+        let prefix = offset_group_prefix(group);
+        let mut offsets = Vec::new();
+        self.scan_offsets(&prefix, |key_group, topic_id, partition, committed| {
+            debug_assert_eq!(key_group, group);
+            offsets.push((topic_id, partition, committed));
+            true
+        })?;
+        Ok(offsets)
+    }
+
+    /// The ids of every group with a committed offset, ordered, at most `max` of them.
+    pub fn offset_groups(&self, max: usize) -> Result<Vec<String>, MetaError> {
+        let mut groups: Vec<String> = Vec::new();
+        self.scan_offsets(&[], |group, _, _, _| {
+            if groups.last().is_none_or(|last| last != group) {
+                groups.push(group.to_owned());
+            }
+            groups.len() < max
+        })?;
+        Ok(groups)
+    }
+
+    /// Deletes every committed offset for which `expired(group, topic id, partition, offset)` says so, in one synced
+    /// batch, and returns how many. Commits wait while it runs, so a commit made during the scan is never deleted.
+    pub fn expire_offsets(
+        &self,
+        mut expired: impl FnMut(&str, u64, u32, &CommittedOffset) -> bool,
+    ) -> Result<usize, MetaError> {
+        let _serialized = self.offsets.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut doomed = Vec::new();
+        self.scan_offsets(&[], |group, topic_id, partition, committed| {
+            if expired(group, topic_id, partition, &committed) {
+                doomed.push(offset_key(group, topic_id, partition));
+            }
+            true
+        })?;
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        let cf = self.cf(CF_CONSUMER_OFFSETS);
+        let mut batch = WriteBatch::default();
+        for key in &doomed {
+            batch.delete_cf(&cf, key);
+        }
+        self.write(batch)?;
+        Ok(doomed.len())
+    }
+
+    /// Calls `visit(group, topic id, partition, offset)` for every offset whose key starts with `prefix`, in key order,
+    /// until it returns false.
+    fn scan_offsets(
+        &self,
+        prefix: &[u8],
+        mut visit: impl FnMut(&str, u64, u32, CommittedOffset) -> bool,
+    ) -> Result<(), MetaError> {
+        let cf = self.cf(CF_CONSUMER_OFFSETS);
+        let mode = IteratorMode::From(prefix, rocksdb::Direction::Forward);
+        for entry in self.db.iterator_cf(&cf, mode) {
+            let (key, value) =
+                entry.map_err(|source| MetaError::Read { cf: CF_CONSUMER_OFFSETS, source: EngineError(source) })?;
+            if !key.starts_with(prefix) {
+                break;
+            }
+            let Some((group, topic_id, partition)) = parse_offset_key(&key) else {
+                return Err(corrupt(CF_CONSUMER_OFFSETS, &key, CorruptReason::InvalidKey));
+            };
+            let stored = values::decode::<values::OffsetValue>(&value)
+                .map_err(|reason| corrupt(CF_CONSUMER_OFFSETS, &key, reason))?;
+            if !visit(group, topic_id, partition, values::offset_from_value(stored)) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Flushes every column family's memtable to SST files, so the next open has no write-ahead log to replay.
     /// Not needed for durability: every write is already synced to the write-ahead log.
     pub fn flush(&self) -> Result<(), MetaError> {
@@ -468,6 +575,33 @@ impl MetaStore {
     fn write(&self, batch: WriteBatch) -> Result<(), MetaError> {
         self.db.write_opt(batch, &sync_write_options()).map_err(|source| MetaError::Write(EngineError(source)))
     }
+}
+
+/// The key prefix of one group's offsets: `u16` length and the group id.
+fn offset_group_prefix(group: &str) -> Vec<u8> {
+    // Group ids are at most 255 bytes (checked by the coordinator); saturate rather than wrap if one slipped through.
+    let len = u16::try_from(group.len()).unwrap_or(u16::MAX);
+    let mut key = Vec::with_capacity(2 + group.len() + 12);
+    key.extend_from_slice(&len.to_be_bytes());
+    key.extend_from_slice(group.as_bytes());
+    key
+}
+
+fn offset_key(group: &str, topic_id: u64, partition: u32) -> Vec<u8> {
+    let mut key = offset_group_prefix(group);
+    key.extend_from_slice(&topic_id.to_be_bytes());
+    key.extend_from_slice(&partition.to_be_bytes());
+    key
+}
+
+fn parse_offset_key(key: &[u8]) -> Option<(&str, u64, u32)> {
+    let (len, rest) = key.split_first_chunk::<2>()?;
+    let len = usize::from(u16::from_be_bytes(*len));
+    let group = std::str::from_utf8(rest.get(..len)?).ok()?;
+    let rest = rest.get(len..)?;
+    let (topic_id, rest) = rest.split_first_chunk::<8>()?;
+    let partition: [u8; 4] = rest.try_into().ok()?;
+    Some((group, u64::from_be_bytes(*topic_id), u32::from_be_bytes(partition)))
 }
 
 /// Writes the broker identity and the topic-id counter of a new store, in one synced batch.

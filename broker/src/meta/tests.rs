@@ -200,3 +200,40 @@ fn a_store_with_topics_but_no_identity_is_not_reinitialized() {
         if cf == CF_BROKER && key == KEY_INFO);
     assert!(is_missing_info, "{error:?}");
 }
+
+fn committed(offset: u64, commit_time_ms: u64) -> CommittedOffset {
+    CommittedOffset { offset, metadata: format!("m{offset}"), commit_time_ms }
+}
+
+#[test]
+fn committed_offsets_survive_reopen_and_stay_per_group() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    // "ab" and "abc" share a prefix as strings; the length prefix keeps their keys apart.
+    store.commit_offsets("ab", &[(1, 0, committed(10, 100)), (1, 1, committed(11, 100))]).expect("commit ab");
+    store.commit_offsets("abc", &[(2, 0, committed(20, 200))]).expect("commit abc");
+    store.commit_offsets("ab", &[(1, 0, committed(12, 300))]).expect("commit ab again");
+    store.close().expect("close");
+
+    let store = open(dir.path());
+    assert_eq!(store.group_offsets("ab").expect("read"), vec![(1, 0, committed(12, 300)), (1, 1, committed(11, 100))]);
+    assert_eq!(store.group_offsets("abc").expect("read"), vec![(2, 0, committed(20, 200))]);
+    assert_eq!(store.group_offsets("a").expect("read"), vec![]);
+    assert_eq!(store.offset_groups(10).expect("groups"), vec!["ab".to_owned(), "abc".to_owned()]);
+    assert_eq!(store.offset_groups(1).expect("groups"), vec!["ab".to_owned()]);
+
+    let expired = store
+        .expire_offsets(|group, topic_id, _, offset| group == "ab" && topic_id == 1 && offset.commit_time_ms < 200);
+    assert_eq!(expired.expect("expire"), 1);
+    assert_eq!(store.group_offsets("ab").expect("read"), vec![(1, 0, committed(12, 300))]);
+}
+
+#[test]
+fn corrupt_offset_values_are_reported_not_panicked_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    put_raw(&store, CF_CONSUMER_OFFSETS, &offset_key("g", 1, 0), b"\xff\xff");
+    assert!(matches!(store.group_offsets("g"), Err(MetaError::Corrupt { .. })));
+    put_raw(&store, CF_CONSUMER_OFFSETS, b"\x00", b"");
+    assert!(matches!(store.offset_groups(10), Err(MetaError::Corrupt { .. })));
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use prost::Message as _;
 
-use super::{BrokerInfo, CorruptReason};
+use super::{BrokerInfo, CommittedOffset, CorruptReason};
 use crate::config::{FsyncPolicy, Limit, millis};
 use crate::topic::{TopicConfig, TopicRecord, TopicState};
 
@@ -80,6 +80,32 @@ pub(super) struct TopicConfigValue {
     pub fsync: Option<String>,
     #[prost(uint32, optional, tag = "6")]
     pub batch_bytes_max: Option<u32>,
+}
+
+/// `consumer_offsets/<group, topic id, partition>`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct OffsetValue {
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    #[prost(uint64, tag = "2")]
+    pub offset: u64,
+    #[prost(string, tag = "3")]
+    pub metadata: String,
+    #[prost(uint64, tag = "4")]
+    pub commit_time_ms: u64,
+}
+
+pub(super) fn offset_to_value(committed: &CommittedOffset) -> OffsetValue {
+    OffsetValue {
+        version: VALUE_VERSION,
+        offset: committed.offset,
+        metadata: committed.metadata.clone(),
+        commit_time_ms: committed.commit_time_ms,
+    }
+}
+
+pub(super) fn offset_from_value(value: OffsetValue) -> CommittedOffset {
+    CommittedOffset { offset: value.offset, metadata: value.metadata, commit_time_ms: value.commit_time_ms }
 }
 
 pub(super) fn encode(value: &impl prost::Message) -> Vec<u8> {

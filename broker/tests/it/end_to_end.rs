@@ -145,7 +145,7 @@ async fn long_poll_returns_as_soon_as_data_arrives() {
 }
 
 /// Runs the `ferry` command line in-process against `addr`; returns stdout.
-async fn ferry(addr: &str, args: &[&str], stdin: &[u8]) -> String {
+pub(crate) async fn ferry(addr: &str, args: &[&str], stdin: &[u8]) -> String {
     let cli = Cli::try_parse_from(["ferry", "--broker", addr].iter().chain(args)).expect("valid command line");
     let mut stdout = Vec::new();
     let mut stderr = Vec::new();

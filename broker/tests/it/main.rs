@@ -12,6 +12,9 @@
 //! - `crash`: the real binary restarted (SIGTERM) and killed (SIGKILL) while a producer sends.
 //! - `fault_proxy`: a frame-aware TCP proxy that drops, duplicates, delays and resets requests and responses, and
 //!   its self-tests.
+//! - `groups`: consumer groups: a member killed among three, the delivery guarantees of the commit modes, stale
+//!   members fenced, cooperative rebalancing, static membership, committed offsets across a SIGKILL, a consumer
+//!   rejoining after a broker SIGKILL, the CLI and the lag metrics, offset expiry.
 //! - `harness`: an in-process test broker, the binary's client address, raw frames, metric values.
 //! - `support`: a broker child process whose stderr log lines the tests can wait for, and a tiny HTTP scraper.
 
@@ -21,6 +24,7 @@ mod chaos;
 mod crash;
 mod end_to_end;
 mod fault_proxy;
+mod groups;
 mod harness;
 mod idempotence;
 mod in_process;

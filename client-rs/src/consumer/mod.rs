@@ -27,8 +27,11 @@
 //! Retriable errors (a lost connection, a broker restarting) are retried after a backoff, and `poll` returns what it
 //! has (maybe nothing) when its timeout ends; errors that are not retriable are returned.
 
+mod group;
 #[cfg(test)]
 mod tests;
+
+pub use group::{CommitMode, GroupAssignor, GroupConfig, REBALANCE_EVENTS_MAX, RebalanceEvent};
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -103,6 +106,10 @@ pub struct ConsumerConfig {
     pub retry_backoff: Duration,
     /// The connection settings.
     pub connection: ConnectionConfig,
+    /// Group consumption: `None` (the default) for manual assignment with [`Consumer::assign`]; with a group, the
+    /// consumer [`Consumer::subscribe`]s to topics and the broker assigns it partitions (see [`GroupConfig`] and
+    /// [`CommitMode`] for the delivery guarantees).
+    pub group: Option<GroupConfig>,
 }
 
 impl Default for ConsumerConfig {
@@ -116,6 +123,7 @@ impl Default for ConsumerConfig {
             offset_reset: OffsetReset::Latest,
             retry_backoff: Duration::from_millis(100),
             connection: ConnectionConfig::default(),
+            group: None,
         }
     }
 }
@@ -138,6 +146,9 @@ impl ConsumerConfig {
         }
         if self.retry_backoff.is_zero() || self.retry_backoff > Duration::from_secs(60) {
             return invalid("retry_backoff", "must be in (0, 60 s]");
+        }
+        if let Some(group) = &self.group {
+            group.validate()?;
         }
         self.connection.validate()
     }
@@ -257,6 +268,8 @@ pub struct Consumer {
     retry_at: Option<Instant>,
     /// Round-robin start for handing out buffered records fairly across partitions.
     next_partition_idx: usize,
+    /// The group membership, when [`ConsumerConfig::group`] is set.
+    group: Option<group::Membership>,
 }
 
 impl Consumer {
@@ -273,6 +286,7 @@ impl Consumer {
         config.validate()?;
         let connection = Connection::new(addr, config.connection.clone())?;
         Ok(Consumer {
+            group: config.group.clone().map(group::Membership::new),
             connection,
             config,
             partitions: BTreeMap::new(),
@@ -302,6 +316,12 @@ impl Consumer {
     /// # }
     /// ```
     pub fn assign(&mut self, topic: &str, partitions: impl IntoIterator<Item = u32>) -> Result<(), ClientError> {
+        if self.group.is_some() {
+            return Err(ClientError::InvalidConfig {
+                field: "group",
+                reason: "a group consumer gets its partitions from the broker: use subscribe".to_owned(),
+            });
+        }
         let topic = ClientError::topic_name(topic)?;
         let wanted: std::collections::BTreeSet<u32> = partitions.into_iter().collect();
         self.partitions.retain(|(assigned_topic, partition), _| assigned_topic != &topic || wanted.contains(partition));
@@ -330,6 +350,7 @@ impl Consumer {
     /// Moves one partition's position. Earliest, latest and timestamps are looked up at the next poll.
     ///
     /// Records already fetched for the partition are dropped, and a fetch in flight will not move it.
+    /// In a group, the next commit of the partition commits this position ([`Consumer::commit`]).
     ///
     /// ```no_run
     /// # fn example(consumer: &mut ferry_client::Consumer) -> Result<(), ferry_client::ClientError> {
@@ -341,11 +362,19 @@ impl Consumer {
     /// ```
     pub fn seek(&mut self, topic: &str, partition: u32, to: SeekTo) -> Result<(), ClientError> {
         let topic_name = ClientError::topic_name(topic)?;
+        let key = (topic_name, partition);
         let state = self
             .partitions
-            .get_mut(&(topic_name, partition))
+            .get_mut(&key)
             .ok_or_else(|| ClientError::NotAssigned { topic: topic.to_owned(), partition })?;
         state.seek(to);
+        // For a group consumer, a commit covers what comes before the position the application chose.
+        if let Some(group) = self.group.as_mut() {
+            match to {
+                SeekTo::Offset(offset) => group.returned.insert(key, offset),
+                _ => group.returned.remove(&key),
+            };
+        }
         Ok(())
     }
 
@@ -398,8 +427,25 @@ impl Consumer {
     pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>, ClientError> {
         let deadline = Instant::now() + timeout;
         loop {
+            self.maintain_group().await?;
             if self.has_buffered() {
                 let records = self.take_buffered();
+                if self.group.as_ref().is_some_and(|group| group.config.commit_mode == CommitMode::Before)
+                    && let Err(error) = self.commit_before_returning(&records).await
+                {
+                    // At-most-once: records whose offsets could not be committed are not handed out; they are fetched
+                    // again from the same position (if the partition is still ours).
+                    self.unread(&records);
+                    if !error.is_retriable() && !is_group_churn(&error) {
+                        return Err(error);
+                    }
+                    self.back_off(&error);
+                    if Instant::now() >= deadline {
+                        return Ok(Vec::new());
+                    }
+                    continue;
+                }
+                self.note_returned(&records);
                 self.start_fetch();
                 return Ok(records);
             }
@@ -415,17 +461,20 @@ impl Consumer {
                 return Err(ClientError::NoPosition { topic, partition });
             }
             self.start_fetch();
+            // A group consumer wakes up for its heartbeats too.
+            let wake = self.group.as_ref().map_or(deadline, |group| group.next_heartbeat().min(deadline));
             let Some(fetch) = self.fetch.as_mut() else {
-                // Nothing to fetch (nothing assigned, or every lookup is backing off): wait out the timeout.
-                let wake = self.retry_at.map_or(deadline, |retry_at| retry_at.min(deadline));
+                // Nothing to fetch (nothing assigned, or every lookup is backing off): wait.
+                let wake = self.retry_at.map_or(wake, |retry_at| retry_at.min(wake));
                 sleep_until(wake).await;
                 if Instant::now() >= deadline {
                     return Ok(Vec::new());
                 }
                 continue;
             };
-            let joined = match timeout_at(deadline, fetch).await {
-                Err(_) => return Ok(Vec::new()),
+            let joined = match timeout_at(wake, fetch).await {
+                Err(_) if Instant::now() >= deadline => return Ok(Vec::new()),
+                Err(_) => continue,
                 Ok(joined) => joined,
             };
             self.fetch = None;
@@ -440,6 +489,33 @@ impl Consumer {
         }
     }
 
+    /// Puts the position of each partition of `records` back to its first record (they were not delivered).
+    fn unread(&mut self, records: &[ConsumerRecord]) {
+        let mut first: BTreeMap<(Arc<str>, u32), u64> = BTreeMap::new();
+        for record in records {
+            first.entry((record.topic.clone(), record.partition)).or_insert(record.offset);
+        }
+        for ((topic, partition), offset) in first {
+            let Ok(topic) = TopicName::new(topic.to_string()) else { continue };
+            if let Some(state) = self.partitions.get_mut(&(topic, partition)) {
+                state.seek(SeekTo::Offset(offset));
+            }
+        }
+    }
+
+    /// Records, for commits, the position after the last record of each partition handed to the application.
+    fn note_returned(&mut self, records: &[ConsumerRecord]) {
+        let Some(group) = self.group.as_mut() else { return };
+        let mut last: BTreeMap<(Arc<str>, u32), u64> = BTreeMap::new();
+        for record in records {
+            last.insert((record.topic.clone(), record.partition), record.offset + 1);
+        }
+        for ((topic, partition), next) in last {
+            let Ok(topic) = TopicName::new(topic.to_string()) else { continue };
+            group.returned.insert((topic, partition), next);
+        }
+    }
+
     /// Stops the fetch in flight and closes the connection.
     ///
     /// ```no_run
@@ -447,8 +523,9 @@ impl Consumer {
     /// consumer.close().await;
     /// # }
     /// ```
-    pub async fn close(self) {
-        drop(self.fetch);
+    pub async fn close(mut self) {
+        self.fetch = None;
+        self.leave_group().await;
         self.connection.close().await;
     }
 
@@ -649,6 +726,19 @@ impl Consumer {
             None => Ok(()),
         }
     }
+}
+
+/// Whether a commit failed because the group moved on (a heartbeat catches up), not because of a lasting fault.
+fn is_group_churn(error: &ClientError) -> bool {
+    matches!(
+        error.error_code(),
+        Some(
+            ErrorCode::StaleGeneration
+                | ErrorCode::NotAssigned
+                | ErrorCode::UnknownMember
+                | ErrorCode::RebalanceInProgress
+        )
+    )
 }
 
 /// Applies one partition's part of a fetch response to its state.

@@ -2,7 +2,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use clap::Parser;
-use ferry_client::cli::{AcksArg, Cli, CliError, Command, TopicCommand, run};
+use ferry_client::cli::{AcksArg, Cli, CliError, Command, GroupCommand, TopicCommand, run};
 use ferry_client::partition_for_key;
 
 use crate::support::Peer;
@@ -106,12 +106,10 @@ fn produce_and_consume_parse_with_their_defaults() {
 }
 
 #[tokio::test]
-async fn group_and_transaction_flags_are_rejected_as_not_supported_yet() {
+async fn transaction_flags_are_rejected_as_not_supported_yet() {
     for args in [
-        &["consume", "orders", "--group", "g"][..],
-        &["consume", "orders", "--isolation", "read-committed"],
+        &["consume", "orders", "--isolation", "read-committed"][..],
         &["produce", "orders", "--transactional-id", "t"],
-        &["group", "list"],
         &["txn", "abort", "t"],
     ] {
         let cli = parse(args).expect("parsed, to be rejected when run");
@@ -119,6 +117,20 @@ async fn group_and_transaction_flags_are_rejected_as_not_supported_yet() {
         assert!(matches!(error, CliError::NotSupported { .. }), "{args:?}: {error:?}");
         assert!(error.to_string().contains("not supported yet"), "{error}");
     }
+}
+
+#[tokio::test]
+async fn group_flags_that_do_not_go_together_are_rejected_before_connecting() {
+    for args in
+        [&["consume", "orders", "--commit", "after"][..], &["consume", "orders", "--group", "g", "--partition", "1"]]
+    {
+        let cli = parse(args).expect("parsed, to be rejected when run");
+        let error = run(cli, &b""[..], tokio::io::sink(), tokio::io::sink()).await.expect_err("usage error");
+        assert!(matches!(error, CliError::Usage(_)), "{args:?}: {error:?}");
+    }
+    assert!(parse(&["consume", "orders", "--group", "g", "--commit", "sometimes"]).is_err());
+    let cli = parse(&["group", "describe", "g"]).expect("valid");
+    assert!(matches!(cli.command, Command::Group(GroupCommand::Describe { name }) if name == "g"));
 }
 
 #[tokio::test]

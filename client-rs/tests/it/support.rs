@@ -431,6 +431,17 @@ impl Model {
                     .collect();
                 Reply::Now(Response::ListOffsets(ListOffsetsResponse { error_code: 0, topics }))
             }
+            // The test peer does not coordinate groups (the broker's own tests do).
+            Request::JoinGroup(_)
+            | Request::Heartbeat(_)
+            | Request::LeaveGroup(_)
+            | Request::OffsetCommit(_)
+            | Request::OffsetFetch(_)
+            | Request::ListGroups(_)
+            | Request::DescribeGroups(_) => Reply::Now(Response::Error(ferry_protocol::messages::ErrorResponse {
+                error_code: code(ErrorCode::UnsupportedVersion),
+                error_message: "the test peer has no group coordinator".to_owned(),
+            })),
         }
     }
 
