@@ -16,7 +16,7 @@ use crate::harness::{TestBroker, metric};
 use crate::support::BrokerProcess;
 
 /// A batch of `values` stamped by producer `id`, `epoch`, from `sequence`.
-fn stamped(id: i64, epoch: i32, sequence: i32, values: &[&str]) -> Bytes {
+pub fn stamped(id: i64, epoch: i32, sequence: i32, values: &[&str]) -> Bytes {
     let mut builder = BatchBuilder::new().producer(ProducerFields {
         producer_id: id,
         producer_epoch: epoch,
@@ -29,7 +29,7 @@ fn stamped(id: i64, epoch: i32, sequence: i32, values: &[&str]) -> Bytes {
     builder.build().expect("builds").into_bytes()
 }
 
-async fn init(connection: &Connection) -> (i64, i32) {
+pub async fn init(connection: &Connection) -> (i64, i32) {
     let response = connection.request(Request::InitProducerId(InitProducerIdRequest {})).await.expect("answered");
     let Response::InitProducerId(response) = response else { panic!("not an InitProducerId response: {response:?}") };
     assert_eq!(response.error_code, 0, "{}", response.error_message);
@@ -39,7 +39,7 @@ async fn init(connection: &Connection) -> (i64, i32) {
 }
 
 /// Sends `records` (one or more batches back to back) to partition 0 of `topic`; returns the partition's result.
-async fn produce(connection: &Connection, topic: &str, records: Bytes) -> ProducePartitionResponse {
+pub async fn produce(connection: &Connection, topic: &str, records: Bytes) -> ProducePartitionResponse {
     let request = Request::Produce(ProduceRequest {
         acks: 0,
         timeout_ms: 0,
@@ -54,7 +54,7 @@ async fn produce(connection: &Connection, topic: &str, records: Bytes) -> Produc
     response.topics.remove(0).partitions.remove(0)
 }
 
-fn code(result: &ProducePartitionResponse) -> Option<ErrorCode> {
+pub fn code(result: &ProducePartitionResponse) -> Option<ErrorCode> {
     ferry_protocol::messages::error_code_from_wire(result.error_code)
 }
 

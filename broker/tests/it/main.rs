@@ -28,4 +28,5 @@ mod groups;
 mod harness;
 mod idempotence;
 mod in_process;
+mod metrics;
 mod support;
