@@ -34,7 +34,7 @@ use ferry_log::{AppendAck, Durability as LogDurability, PendingAck};
 use ferry_protocol::batch::{NO_PRODUCER_ID, split_batches};
 use ferry_protocol::messages::error_code_from_wire;
 use ferry_protocol::messages::{
-    Acks, Durability, ProducePartitionResponse, ProduceRequest, ProduceResponse, ProduceTopicResponse,
+    Acks, DroppedRecord, Durability, ProducePartitionResponse, ProduceRequest, ProduceResponse, ProduceTopicResponse,
     error_code_to_wire,
 };
 use ferry_protocol::{ErrorCode, RecordBatch, TopicName};
@@ -96,8 +96,12 @@ struct Prepared {
 /// Where one partition of the request stands.
 enum Slot {
     Prepared(Prepared),
-    Submitted { prepared: Prepared, pending: PendingAck },
-    Done(Result<(AppendAck, i64), HandlerError>),
+    Submitted {
+        prepared: Prepared,
+        pending: PendingAck,
+    },
+    /// The acknowledgement, the append time (ms since the epoch) and the topic's dedup window (ms, 0 when off).
+    Done(Result<(AppendAck, i64, u64), HandlerError>),
 }
 
 /// Handles a produce request; returns `None` for acks=none (no response is sent).
@@ -176,12 +180,15 @@ pub(crate) async fn handle(
             };
             let result = match timeout_at(deadline, pending.wait()).await {
                 Ok(Ok(ack)) => {
+                    let n_dropped = u64::try_from(ack.dedup_dropped.len()).unwrap_or(u64::MAX);
+                    prepared.topic.metrics.duplicates_dedup_key.increment(n_dropped);
                     if ack.duplicate {
                         prepared.topic.metrics.duplicates_sequence.increment(1);
                     } else {
-                        record_append(&prepared);
+                        record_append(&prepared, n_dropped);
                     }
-                    Ok((ack, now_ms()))
+                    let window_ms = prepared.topic.record.config.dedup_window().map_or(0, crate::config::millis);
+                    Ok((ack, now_ms(), window_ms))
                 }
                 Ok(Err(error)) => Err(log_error(state, error)),
                 Err(_) => Err(HandlerError::TimedOut { timeout }),
@@ -274,9 +281,11 @@ fn prepare(state: &ServerState, topic: &Arc<Topic>, partition: u32, records: Byt
     Ok(Prepared { topic: Arc::clone(topic), partition, batches, n_records, n_bytes })
 }
 
-fn record_append(prepared: &Prepared) {
+/// Counts an append; `n_dropped` records were dropped by message-id dedup (their bytes are still counted: a rough
+/// figure is enough, and re-measuring the rebuilt batches would cost more than the counter is worth).
+fn record_append(prepared: &Prepared, n_dropped: u64) {
     prepared.topic.metrics.produce_bytes.increment(prepared.n_bytes);
-    prepared.topic.metrics.produce_records.increment(prepared.n_records);
+    prepared.topic.metrics.produce_records.increment(prepared.n_records.saturating_sub(n_dropped));
     if let Some(partition) = prepared.topic.partition(prepared.partition) {
         partition.refresh_gauges();
     }
@@ -288,7 +297,7 @@ fn partition_response(topic: &str, partition: u32, slot: Slot) -> ProducePartiti
         Slot::Prepared(_) | Slot::Submitted { .. } => unreachable!("every slot is done before the response is built"),
     };
     match result {
-        Ok((ack, append_time_ms)) => {
+        Ok((ack, append_time_ms, dedup_window_ms)) => {
             let first = ack.ranges.first().map_or(0, |range| range.first);
             let last = ack.ranges.last().map_or(0, |range| range.last);
             let durability = match ack.durability {
@@ -304,6 +313,15 @@ fn partition_response(topic: &str, partition: u32, slot: Slot) -> ProducePartiti
                 log_append_time_ms: append_time_ms,
                 durability: i32::from(durability),
                 duplicate: ack.duplicate,
+                dedup_dropped: ack
+                    .dedup_dropped
+                    .iter()
+                    .map(|dropped| DroppedRecord {
+                        record_index: dropped.record_index,
+                        original_offset: dropped.original_offset,
+                    })
+                    .collect(),
+                dedup_window_ms,
             }
         }
         Err(error) => {

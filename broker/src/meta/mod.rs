@@ -66,9 +66,11 @@
 //! never a panic.
 //! The store as a whole has a format version (in `broker/info`); a store written by a newer format is refused.
 
+mod dedup;
 mod producers;
 mod values;
 
+pub use dedup::{DEDUP_BUCKET_SECS, DedupRecord};
 pub use producers::StoredProducerId;
 
 use std::collections::BTreeSet;
@@ -294,6 +296,18 @@ pub enum MetaError {
         /// The topic name.
         name: String,
     },
+    /// A new dedup bucket would exceed the limit of dedup column families (the periodic drop is behind).
+    #[error("{max} dedup column families exist already")]
+    TooManyDedupBuckets {
+        /// The limit.
+        max: usize,
+    },
+    /// A dedup column family was dropped while an insert needed it (its bucket had expired).
+    #[error("dedup column family {name} is gone")]
+    DedupBucketGone {
+        /// The column family.
+        name: String,
+    },
 }
 
 type Db = DBWithThreadMode<MultiThreaded>;
@@ -304,8 +318,10 @@ pub struct MetaStore {
     path: PathBuf,
     broker_info: BrokerInfo,
     /// Every column family opened, `default` included.
-    /// The dedup issue, which creates and drops `dedup_<bucket>` column families, must keep it current.
-    cf_names: BTreeSet<String>,
+    /// Kept current as `dedup_<bucket>` column families are created and dropped; the lock also serializes those.
+    cf_names: Mutex<BTreeSet<String>>,
+    /// The tuning new column families are created with.
+    config: MetaConfig,
     /// The next topic id; the lock also serializes the read-check-write of topic creation and deletion.
     next_topic_id: Mutex<u64>,
     /// The next producer id to issue.
@@ -368,7 +384,8 @@ impl MetaStore {
             db,
             path: path.to_owned(),
             broker_info,
-            cf_names,
+            cf_names: Mutex::new(cf_names),
+            config: config.clone(),
             next_topic_id: Mutex::new(next_topic_id),
             next_producer_id: Mutex::new(next_producer_id),
             offsets: Mutex::new(()),
@@ -553,7 +570,8 @@ impl MetaStore {
     /// Flushes every column family's memtable to SST files, so the next open has no write-ahead log to replay.
     /// Not needed for durability: every write is already synced to the write-ahead log.
     pub fn flush(&self) -> Result<(), MetaError> {
-        let handles: Vec<_> = self.cf_names.iter().filter_map(|name| self.db.cf_handle(name)).collect();
+        let names: Vec<String> = self.cf_names.lock().unwrap_or_else(PoisonError::into_inner).iter().cloned().collect();
+        let handles: Vec<_> = names.iter().filter_map(|name| self.db.cf_handle(name)).collect();
         let handle_refs: Vec<_> = handles.iter().collect();
         let mut options = FlushOptions::default();
         options.set_wait(true);
