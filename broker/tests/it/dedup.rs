@@ -7,12 +7,10 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use ferry_client::{ClientError, Connection, ConnectionConfig, Producer, ProducerConfig, ProducerRecord};
 use ferry_protocol::batch::{DEDUP_KEY_HEADER, ProducerFields};
-use ferry_protocol::messages::{
-    DroppedRecord, InitProducerIdRequest, ProducePartition, ProducePartitionResponse, ProduceRequest, ProduceTopic,
-};
+use ferry_protocol::messages::{DroppedRecord, InitProducerIdRequest};
 use ferry_protocol::{BatchBuilder, ErrorCode, NewRecord, Request, Response};
 
-use crate::harness::{TestBroker, metric};
+use crate::harness::{TestBroker, metric, produce};
 use crate::support::BrokerProcess;
 
 const WINDOW_MS: &str = "600000";
@@ -31,22 +29,6 @@ fn keyed(keys: &[&str]) -> BatchBuilder {
 
 fn keyed_bytes(keys: &[&str]) -> Bytes {
     keyed(keys).build().expect("builds").into_bytes()
-}
-
-/// Sends `records` to partition 0 of `topic`; returns the partition's result.
-async fn produce(connection: &Connection, topic: &str, records: Bytes) -> ProducePartitionResponse {
-    let request = Request::Produce(ProduceRequest {
-        acks: 0,
-        timeout_ms: 0,
-        topics: vec![ProduceTopic {
-            name: topic.to_owned(),
-            partitions: vec![ProducePartition { partition: 0, records }],
-        }],
-    });
-    let Response::Produce(mut response) = connection.request(request).await.expect("answered") else {
-        panic!("not a Produce response")
-    };
-    response.topics.remove(0).partitions.remove(0)
 }
 
 fn dropped(pairs: &[(u32, u64)]) -> Vec<DroppedRecord> {

@@ -7,12 +7,10 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use ferry_client::{Connection, ConnectionConfig, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord};
 use ferry_protocol::batch::ProducerFields;
-use ferry_protocol::messages::{
-    InitProducerIdRequest, ProducePartition, ProducePartitionResponse, ProduceRequest, ProduceTopic,
-};
+use ferry_protocol::messages::{InitProducerIdRequest, ProducePartitionResponse};
 use ferry_protocol::{BatchBuilder, ErrorCode, NewRecord, Request, Response};
 
-use crate::harness::{TestBroker, metric};
+use crate::harness::{TestBroker, metric, produce};
 use crate::support::BrokerProcess;
 
 /// A batch of `values` stamped by producer `id`, `epoch`, from `sequence`.
@@ -36,22 +34,6 @@ async fn init(connection: &Connection) -> (i64, i32) {
     assert_eq!(response.batches_retained, 5);
     assert_eq!(response.producer_id_expiration_ms, 24 * 3600 * 1000);
     (response.producer_id, response.producer_epoch)
-}
-
-/// Sends `records` (one or more batches back to back) to partition 0 of `topic`; returns the partition's result.
-async fn produce(connection: &Connection, topic: &str, records: Bytes) -> ProducePartitionResponse {
-    let request = Request::Produce(ProduceRequest {
-        acks: 0,
-        timeout_ms: 0,
-        topics: vec![ProduceTopic {
-            name: topic.to_owned(),
-            partitions: vec![ProducePartition { partition: 0, records }],
-        }],
-    });
-    let Response::Produce(mut response) = connection.request(request).await.expect("answered") else {
-        panic!("not a Produce response")
-    };
-    response.topics.remove(0).partitions.remove(0)
 }
 
 fn code(result: &ProducePartitionResponse) -> Option<ErrorCode> {
