@@ -29,8 +29,9 @@ use ferry_protocol::{BatchBuilder, NewRecord, ProtocolError, RecordBatch};
 use crate::error::LogError;
 use crate::log::PartitionLog;
 
-/// Most dedup entries the appender keeps in memory while the index cannot take them. Reaching it refuses the
-/// partition's dedup-enabled appends ([`DedupError::IndexUnavailable`]) until an insert succeeds.
+/// Most dedup entries the appender keeps in memory while the index cannot take them (the last group's entries may
+/// overshoot it once). Reaching it refuses the partition's dedup-enabled appends ([`DedupError::IndexUnavailable`])
+/// until an insert succeeds.
 pub const DEDUP_PENDING_ENTRIES_MAX: usize = 100_000;
 
 /// The most offsets the index's `covered_up_to` may lag behind the log end while appends carry no dedup keys; past

@@ -41,6 +41,9 @@
 //! - `producer_state`, key: `u64` topic id, `u32` partition.
 //!   Value: the partition's dedup-state snapshot: the log offset it covers up to, and per producer id its epoch,
 //!   last write time and last batches' sequences and offsets. Replaced by each new snapshot.
+//! - `producer_state`, key: `u64` topic id, `u32` partition, `u8` 1. Value: the log offset below which every
+//!   record's message-id dedup key is indexed. Written with each dedup insert; within the topic's key range, so
+//!   deleting the topic's producer state deletes it.
 //! - `txn_log`, key: transactional id. Value: producer id, epoch, state, partitions, commit or abort decision.
 //! - `txn_staged`, key: `u64` producer id, `u16` epoch, `u64` topic id, `u32` partition, `u32` batch index.
 //!   Value: a staged record batch.
@@ -48,12 +51,13 @@
 //!   Value: member, attempt, lease epoch, deadline.
 //! - `timers`, key: `u64` deadline (ms since the epoch), `u8` kind, kind-specific id.
 //!   Value: what to do when the timer is due. Keys sort by deadline, so the due timers come first.
-//! - `dedup_<bucket>`, key: `u64` topic id, dedup key. Value: partition and offset of the first copy.
+//! - `dedup_<bucket>`, key: `u64` topic id, `u32` partition, dedup key. Value: offset of the first copy and its
+//!   append time (ms since the epoch). See `dedup.rs`.
 //!
-//! `broker`, `topics`, `consumer_offsets`, `producer_ids` and `producer_state` are written today (`producers.rs` holds
-//! the producer entries).
+//! `broker`, `topics`, `consumer_offsets`, `producer_ids`, `producer_state` and `dedup_<bucket>` are written today
+//! (`producers.rs` holds the producer entries, `dedup.rs` the message-id dedup entries).
 //! The other entries are the planned layout for the issues that fill them (consumer groups, idempotence,
-//! transactions, queue groups, message-id dedup); those issues may refine an entry and must update this list.
+//! transactions, queue groups); those issues may refine an entry and must update this list.
 //! `dedup_<bucket>` column families are created on demand, one per time bucket (`<bucket>` is the bucket's start
 //! in seconds since the epoch), and dropped whole when the window passes it.
 //! Opening the store opens every column family found on disk, so a restart never fails on one it did not create.
