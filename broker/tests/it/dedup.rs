@@ -1,6 +1,7 @@
 //! Message-id dedup against the real broker: records resent with the same dedup keys are dropped and reported with
 //! the original offsets (through the client and in raw frames, with the window in the ack), dedup survives a SIGKILL
-//! of the real binary, idempotent producers are refused clearly, and the dropped records are counted.
+//! of the real binary, idempotent producers are refused clearly, the dropped records are counted, and the CLI sends
+//! dedup keys.
 
 use std::collections::BTreeMap;
 
@@ -10,6 +11,7 @@ use ferry_protocol::batch::{DEDUP_KEY_HEADER, ProducerFields};
 use ferry_protocol::messages::{DroppedRecord, InitProducerIdRequest};
 use ferry_protocol::{BatchBuilder, ErrorCode, NewRecord, Request, Response};
 
+use crate::end_to_end::ferry;
 use crate::harness::{TestBroker, metric, produce};
 use crate::support::BrokerProcess;
 
@@ -185,4 +187,24 @@ async fn a_resent_record_is_still_dropped_after_a_sigkill() {
         broker.signal(libc::SIGTERM);
         broker.wait_for_exit()
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_sends_dedup_keys_and_a_resent_file_writes_nothing_new() {
+    let broker = TestBroker::start().await;
+    let create = ["topic", "create", "dedup-cli", "--partitions", "2", "--config", "dedup.window.ms=600000"];
+    ferry(&broker.addr, &create, b"").await;
+    let input = b"id-1:first\nid-2:second\nid-3:third\n";
+    let produce = ["produce", "dedup-cli", "--dedup-key-separator", ":"];
+    ferry(&broker.addr, &produce, input).await;
+    ferry(&broker.addr, &produce, input).await;
+    ferry(&broker.addr, &produce, b"id-2:second again\nid-4:fourth\n").await;
+    let output = ferry(&broker.addr, &["consume", "dedup-cli", "--from-beginning", "--max-messages", "4"], b"").await;
+    let mut got: Vec<&str> = output.lines().collect();
+    got.sort_unstable();
+    assert_eq!(got, vec!["first", "fourth", "second", "third"]);
+    let text = broker.scrape().await;
+    let series = "ferry_duplicates_dropped_total{topic=\"dedup-cli\",reason=\"dedup_key\"}";
+    assert_eq!(metric(&text, series), Some(4.0));
+    broker.stop().await;
 }
