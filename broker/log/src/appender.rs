@@ -200,6 +200,8 @@ impl Appender {
     /// Starts the appender thread like [`Appender::start`], first rebuilding the producer state (the dedup table of
     /// idempotent producers) from `producers.snapshot` and the log after it (see [`rebuild`]); the thread stores new
     /// snapshots in `producers.sink` after syncs, at most every `snapshot_interval` or `snapshot_bytes`, and at close.
+    /// With `producers.dedup`, it first indexes the dedup keys the index may have missed ([`crate::dedup`]'s replay);
+    /// an index that fails then fails the start ([`LogError::DedupIndex`]).
     pub fn start_with_producers<L: PartitionLog + 'static>(
         log: L,
         name: &str,

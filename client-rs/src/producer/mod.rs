@@ -33,6 +33,11 @@
 //!   acknowledged it (durable per the topic's fsync policy), but a retry after a lost connection or a timeout may
 //!   append a batch twice (at-least-once), and with more than one request in flight per partition a retried batch
 //!   can land after a batch sent after it.
+//! - **Message-id dedup** ([`ProducerRecord::with_dedup_key`], needs `idempotence = false`): on a topic with
+//!   `dedup.window.ms`, the broker drops a record whose dedup key was appended to the partition within the window
+//!   and resolves it with the original's offset and [`RecordMetadata::duplicate`]; records with a dedup key and
+//!   neither key nor partition are routed by the dedup key, so a copy sent again (even by another process) meets
+//!   its original.
 //! - With `acks = None` (which needs `idempotence = false`) the broker sends no response: the future resolves (with
 //!   no offset) once the request was written to the socket. Nothing tells the producer about a failed append
 //!   (at-most-once).
@@ -244,7 +249,9 @@ impl ProducerRecord {
     /// let record = ProducerRecord::new("payments", "paid").with_dedup_key("payment-8812");
     /// assert_eq!(record.dedup_key(), Some(&b"payment-8812"[..]));
     /// ```
-    pub fn with_dedup_key(self, key: impl Into<Bytes>) -> ProducerRecord {
+    /// Setting it again replaces the key.
+    pub fn with_dedup_key(mut self, key: impl Into<Bytes>) -> ProducerRecord {
+        self.headers.retain(|(name, _)| name.as_ref() != DEDUP_KEY_HEADER.as_bytes());
         self.with_header(DEDUP_KEY_HEADER, key)
     }
 
@@ -455,15 +462,15 @@ impl Producer {
             if shared.config.idempotence {
                 return Err(ClientError::InvalidConfig {
                     field: "idempotence",
-                    reason: "records with a dedup key need idempotence = false (the broker cannot drop single \
-                             records from an idempotent producer's batch)"
+                    reason: "must be false to send records with a dedup key (the broker cannot drop single records \
+                             from an idempotent producer's batch)"
                         .to_owned(),
                 });
             }
             if !(1..=DEDUP_KEY_BYTES_MAX).contains(&dedup_key.len()) {
                 return Err(ClientError::InvalidConfig {
                     field: "dedup_key",
-                    reason: format!("a dedup key has 1 to {DEDUP_KEY_BYTES_MAX} bytes, not {}", dedup_key.len()),
+                    reason: format!("must have 1 to {DEDUP_KEY_BYTES_MAX} bytes, not {}", dedup_key.len()),
                 });
             }
         }
