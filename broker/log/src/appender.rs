@@ -519,6 +519,12 @@ impl<L: PartitionLog> AppenderLoop<L> {
         let mut fatal: Option<Arc<LogError>> = None;
         let now = Instant::now();
         let now_ms = self.producers.clock.now_ms();
+        if let Some(dedup) = self.producers.dedup.as_mut()
+            && dedup.retry_due()
+        {
+            // Entries whose insert failed belong to acknowledged records, all below the current end.
+            dedup.flush(self.log.end_offset(), now_ms);
+        }
         for (mut batches, reply, deadline) in group {
             if let Some(cause) = &fatal {
                 let _ = reply.send(Err(LogError::Failed { cause: Arc::clone(cause) }));

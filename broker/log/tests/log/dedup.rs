@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferry_log::dedup::{DedupEntry, DedupError, DedupIndex, DedupSetup, DroppedRecord, IndexError};
+use ferry_log::dedup::{
+    DEDUP_PENDING_ENTRIES_MAX, DedupEntry, DedupError, DedupIndex, DedupSetup, DroppedRecord, IndexError,
+};
 use ferry_log::producers::ProducerSetup;
 use ferry_log::{AppendAck, Appender, Clock, CrashMode, FsyncPolicy, LogError, ManualClock, SimFs, Storage};
 use ferry_protocol::batch::{DEDUP_KEY_HEADER, ProducerFields};
@@ -259,5 +261,27 @@ fn invalid_keys_and_idempotent_batches_with_keys_are_refused() {
     let error = append(&appender, vec![batch]).expect_err("idempotent");
     assert!(matches!(error, LogError::Dedup(DedupError::IdempotentBatch)), "{error:?}");
     assert_eq!(appender.reader().visible_end(), 0, "nothing written");
+    appender.shutdown().expect("shutdown");
+}
+
+#[test]
+fn entries_waiting_for_the_index_are_bounded_and_flushed_when_it_recovers() {
+    let (fs, clock, index) = (SimFs::new(19), clock(), Arc::new(MemoryIndex::default()));
+    let appender = start(&fs, &clock, &index);
+    index.fail.store(true, Ordering::SeqCst);
+    let keys: Vec<String> = (0..DEDUP_PENDING_ENTRIES_MAX).map(|idx| format!("{idx}")).collect();
+    let mut written = 0;
+    for chunk in keys.chunks(20_000) {
+        let chunk: Vec<Option<&str>> = chunk.iter().map(|key| Some(key.as_str())).collect();
+        append(&appender, vec![keyed_batch(&chunk)]).expect("acknowledged: the log has it");
+        written += chunk.len();
+    }
+    let error = append(&appender, vec![keyed_batch(&[Some("one more")])]).expect_err("over the limit");
+    assert!(matches!(error, LogError::Dedup(DedupError::IndexUnavailable { .. })), "{error:?}");
+    assert_eq!(appender.reader().visible_end(), u64::try_from(written).expect("small"));
+    index.fail.store(false, Ordering::SeqCst);
+    let ack = append(&appender, vec![keyed_batch(&[Some("one more"), Some("7")])]).expect("the index is back");
+    assert_eq!(ack.dedup_dropped, dropped(&[(1, 7)]));
+    assert_eq!(index.offset_of("99999"), Some(99_999), "the waiting entries were indexed");
     appender.shutdown().expect("shutdown");
 }
