@@ -12,7 +12,8 @@ use ferry_protocol::messages::{DroppedRecord, InitProducerIdRequest};
 use ferry_protocol::{BatchBuilder, ErrorCode, NewRecord, Request, Response};
 
 use crate::end_to_end::ferry;
-use crate::harness::{TestBroker, metric, produce};
+use crate::harness::{TestBroker, metric};
+use crate::idempotence::produce;
 use crate::support::BrokerProcess;
 
 const WINDOW_MS: &str = "600000";

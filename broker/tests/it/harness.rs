@@ -5,11 +5,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use ferry_broker::{Broker, Config};
-use ferry_client::{Admin, Connection, ConnectionConfig};
-use ferry_protocol::messages::{ProducePartition, ProducePartitionResponse, ProduceRequest, ProduceTopic};
-use ferry_protocol::{Frame, FrameCodec, Request, Response};
+use ferry_client::{Admin, ConnectionConfig};
+use ferry_protocol::{Frame, FrameCodec};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
@@ -111,22 +110,6 @@ pub async fn scrape(address: SocketAddr) -> String {
 /// `ferry_requests_total{api="produce",result="ok"}`), or `None` if absent.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
-/// Sends `records` (one or more batches back to back) to partition 0 of `topic`; returns the partition's result.
-pub async fn produce(connection: &Connection, topic: &str, records: Bytes) -> ProducePartitionResponse {
-    let request = Request::Produce(ProduceRequest {
-        acks: 0,
-        timeout_ms: 0,
-        topics: vec![ProduceTopic {
-            name: topic.to_owned(),
-            partitions: vec![ProducePartition { partition: 0, records }],
-        }],
-    });
-    let Response::Produce(mut response) = connection.request(request).await.expect("answered") else {
-        panic!("not a Produce response")
-    };
-    response.topics.remove(0).partitions.remove(0)
 }
 
 /// The client address of a `ferry-broker` process, once it is ready (from its `listening on ADDR` line).

@@ -7,14 +7,16 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use ferry_client::{Connection, ConnectionConfig, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord};
 use ferry_protocol::batch::ProducerFields;
-use ferry_protocol::messages::{InitProducerIdRequest, ProducePartitionResponse};
+use ferry_protocol::messages::{
+    InitProducerIdRequest, ProducePartition, ProducePartitionResponse, ProduceRequest, ProduceTopic,
+};
 use ferry_protocol::{BatchBuilder, ErrorCode, NewRecord, Request, Response};
 
-use crate::harness::{TestBroker, metric, produce};
+use crate::harness::{TestBroker, metric};
 use crate::support::BrokerProcess;
 
 /// A batch of `values` stamped by producer `id`, `epoch`, from `sequence`.
-fn stamped(id: i64, epoch: i32, sequence: i32, values: &[&str]) -> Bytes {
+pub fn stamped(id: i64, epoch: i32, sequence: i32, values: &[&str]) -> Bytes {
     let mut builder = BatchBuilder::new().producer(ProducerFields {
         producer_id: id,
         producer_epoch: epoch,
@@ -27,7 +29,7 @@ fn stamped(id: i64, epoch: i32, sequence: i32, values: &[&str]) -> Bytes {
     builder.build().expect("builds").into_bytes()
 }
 
-async fn init(connection: &Connection) -> (i64, i32) {
+pub async fn init(connection: &Connection) -> (i64, i32) {
     let response = connection.request(Request::InitProducerId(InitProducerIdRequest {})).await.expect("answered");
     let Response::InitProducerId(response) = response else { panic!("not an InitProducerId response: {response:?}") };
     assert_eq!(response.error_code, 0, "{}", response.error_message);
@@ -36,7 +38,23 @@ async fn init(connection: &Connection) -> (i64, i32) {
     (response.producer_id, response.producer_epoch)
 }
 
-fn code(result: &ProducePartitionResponse) -> Option<ErrorCode> {
+/// Sends `records` (one or more batches back to back) to partition 0 of `topic`; returns the partition's result.
+pub async fn produce(connection: &Connection, topic: &str, records: Bytes) -> ProducePartitionResponse {
+    let request = Request::Produce(ProduceRequest {
+        acks: 0,
+        timeout_ms: 0,
+        topics: vec![ProduceTopic {
+            name: topic.to_owned(),
+            partitions: vec![ProducePartition { partition: 0, records }],
+        }],
+    });
+    let Response::Produce(mut response) = connection.request(request).await.expect("answered") else {
+        panic!("not a Produce response")
+    };
+    response.topics.remove(0).partitions.remove(0)
+}
+
+pub fn code(result: &ProducePartitionResponse) -> Option<ErrorCode> {
     ferry_protocol::messages::error_code_from_wire(result.error_code)
 }
 
