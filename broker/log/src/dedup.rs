@@ -13,7 +13,7 @@
 //! Durability: the log is the truth. After a group's sync, before replying, the appender inserts the group's
 //! (key, offset) entries into the index with the log end they cover ([`DedupIndex::insert`], one call). If that fails,
 //! the entries wait in memory (at most [`DEDUP_PENDING_ENTRIES_MAX`]; beyond it, dedup-enabled appends are refused)
-//! and are retried at the next group or timer tick. At start, [`replay`] indexes every key of the log from the
+//! and are retried at the next group or timer tick. At start, `replay` indexes every key of the log from the
 //! index's [`DedupIndex::covered_up_to`] (or, without one, from the first record within the window) to the end, so a
 //! crash between the log's fsync and the index write loses nothing.
 

@@ -13,7 +13,9 @@
 //!    `UNKNOWN_PRODUCER_ID`, `PRODUCER_FENCED`, `INVALID_PRODUCER_EPOCH`); its sequence is checked later, by the
 //!    partition's appender thread, against the dedup table in the same step that assigns offsets
 //!    (`ferry_log::producers`: a retry is answered with the original offsets and `duplicate = true`, a gap with
-//!    `OUT_OF_ORDER_SEQUENCE`).
+//!    `OUT_OF_ORDER_SEQUENCE`). On a topic with `dedup.window.ms`, the appender also drops records whose
+//!    `ferry.dedup.key` it has seen within the window (`ferry_log::dedup`), refusing an idempotent batch that carries
+//!    dedup keys with `INVALID_REQUEST`.
 //! 2. Wait for this request's turn ([`ProduceTurn`]): requests of one connection submit in arrival order, so two
 //!    produce requests for the same partition are appended (and acknowledged) in the order they were sent, while
 //!    their validation still runs in parallel.
@@ -23,7 +25,8 @@
 //!    request is never applied after its timeout, which idempotent producers rely on when they reset.
 //! 4. Wait for each acknowledgement, all within the request's timeout (`timeout_ms`, or `server.request_timeout_ms`,
 //!    which also caps it); an acknowledgement that does not come in time is `REQUEST_TIMED_OUT` (outcome unknown).
-//! 5. Answer with the first and last offsets, the append time and the durability achieved; with acks=none nothing
+//! 5. Answer with the first and last offsets, the append time and the durability achieved (plus the records dropped
+//!    by message-id dedup, with their original offsets, and the topic's dedup window); with acks=none nothing
 //!    is sent, not even errors (they are logged at debug level).
 
 use std::sync::Arc;

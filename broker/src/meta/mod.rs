@@ -74,7 +74,7 @@ mod dedup;
 mod producers;
 mod values;
 
-pub use dedup::{DEDUP_BUCKET_SECS, DedupRecord};
+pub use dedup::{DEDUP_BUCKET_SECS, DEDUP_BUCKETS_MAX, DEDUP_WINDOW_MS_MAX, DedupRecord};
 pub use producers::StoredProducerId;
 
 use std::collections::BTreeSet;
