@@ -30,6 +30,9 @@ use crate::server::{self, ServerState};
 /// How often the registry of producer ids persists last-seen times and sweeps expired ids.
 pub const PRODUCER_IDS_PERSIST_INTERVAL: Duration = Duration::from_secs(10);
 
+/// How often expired message-id dedup buckets (`dedup_<bucket>` column families) are dropped.
+pub const DEDUP_BUCKET_DROP_INTERVAL: Duration = Duration::from_secs(60);
+
 /// How long [`Broker::shutdown`] waits for the broker's tasks to finish before closing the stores anyway.
 pub const SHUTDOWN_TASKS_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -113,6 +116,26 @@ async fn persist_producer_ids(producer_ids: Arc<ProducerIds>, shutdown: Cancella
         ::metrics::gauge!(crate::metrics::PRODUCER_IDS_ACTIVE).set(producer_ids.active() as f64);
         if stopping {
             return;
+        }
+    }
+}
+
+/// Drops the dedup buckets no window reaches any more, every [`DEDUP_BUCKET_DROP_INTERVAL`] until shutdown.
+async fn drop_expired_dedup_buckets(meta: Arc<MetaStore>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(DEDUP_BUCKET_DROP_INTERVAL) => {}
+        }
+        let store = Arc::clone(&meta);
+        let dropped =
+            tokio::task::spawn_blocking(move || store.drop_expired_dedup_buckets(crate::handlers::now_ms())).await;
+        match dropped {
+            Ok(Ok(0)) => {}
+            Ok(Ok(dropped)) => tracing::info!(dropped, "expired dedup buckets dropped"),
+            Ok(Err(error)) => tracing::warn!(error = %crate::partitions::error_chain(&error),
+                "dropping expired dedup buckets failed; will retry"),
+            Err(error) => std::panic::resume_unwind(error.into_panic()),
         }
     }
 }
@@ -204,6 +227,7 @@ impl Broker {
             Partitions::open(Arc::clone(&config), Arc::clone(&meta)).await.map_err(StartupError::Partitions)?;
         let partitions = Arc::new(partitions);
         tasks.spawn(persist_producer_ids(Arc::clone(&producer_ids), shutdown.clone()));
+        tasks.spawn(drop_expired_dedup_buckets(Arc::clone(&meta), shutdown.clone()));
         let source: Arc<dyn TopicSource> = Arc::clone(&partitions) as Arc<dyn TopicSource>;
         let groups = Arc::new(Coordinator::new(config.groups.clone(), source));
         tasks.spawn(groups::run_background(

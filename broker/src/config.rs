@@ -68,6 +68,9 @@ pub mod bounds {
     pub const RETENTION_BYTES: Bounds = Bounds { min: 0, max: i64::MAX as u64 };
     /// `log.index_interval_bytes`: 1 (an index entry for every batch) to the partition log's limit, 1 MiB.
     pub const INDEX_INTERVAL_BYTES: Bounds = Bounds { min: 1, max: INDEX_INTERVAL_BYTES_MAX as u64 };
+    /// `dedup.window.ms`: how long a topic remembers dedup keys, in milliseconds; 0 turns message-id dedup off.
+    /// At most one day, so the dedup column families the window spans stay few.
+    pub const DEDUP_WINDOW_MS: Bounds = Bounds { min: 0, max: 86_400_000 };
     /// `log.batch_bytes_max` / `max.message.bytes`: 1 KiB to the wire format's `BATCH_BYTES_MAX`.
     pub const BATCH_BYTES: Bounds = Bounds { min: 1024, max: BATCH_BYTES_MAX as u64 };
     /// `fsync = "interval:MS"`, in milliseconds: the partition log's limits, 1 ms to 1 hour.

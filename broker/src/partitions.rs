@@ -45,6 +45,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
+use ferry_log::dedup::{DedupEntry, DedupIndex, DedupSetup, IndexError};
 use ferry_log::producers::{EntryBudget, ProducerSetup, ProducerSnapshot, ProducerStateConfig, SnapshotSink};
 use ferry_log::{
     AppendHandle, Appender, Clock, LogConfig, LogError, LogReader, LogStatus, RealFs, RecoveryReport, Storage,
@@ -55,7 +56,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::config::Config;
-use crate::meta::{MetaError, MetaStore};
+use crate::meta::{DedupRecord, MetaError, MetaStore};
 use crate::metrics::{
     DUPLICATES_DROPPED_TOTAL, FETCH_BYTES_TOTAL, FETCH_RECORDS_TOTAL, LABEL_PARTITION, LABEL_REASON, LABEL_TOPIC,
     LOG_END_OFFSET, LOG_SIZE_BYTES, PRODUCE_BYTES_TOTAL, PRODUCE_RECORDS_TOTAL,
@@ -226,6 +227,8 @@ pub struct TopicMetrics {
     pub fetch_records: Counter,
     /// `ferry_duplicates_dropped_total{topic, reason="sequence"}`.
     pub duplicates_sequence: Counter,
+    /// `ferry_duplicates_dropped_total{topic, reason="dedup_key"}`: records dropped by message-id dedup.
+    pub duplicates_dedup_key: Counter,
 }
 
 impl TopicMetrics {
@@ -237,6 +240,9 @@ impl TopicMetrics {
             fetch_records: metrics::counter!(FETCH_RECORDS_TOTAL, LABEL_TOPIC => topic.to_owned()),
             duplicates_sequence: metrics::counter!(
                 DUPLICATES_DROPPED_TOTAL, LABEL_TOPIC => topic.to_owned(), LABEL_REASON => "sequence"
+            ),
+            duplicates_dedup_key: metrics::counter!(
+                DUPLICATES_DROPPED_TOTAL, LABEL_TOPIC => topic.to_owned(), LABEL_REASON => "dedup_key"
             ),
         }
     }
@@ -296,6 +302,34 @@ struct OpenJob {
     producers: ProducerStateConfig,
     budget: Arc<EntryBudget>,
     meta: Arc<MetaStore>,
+    /// The topic's message-id dedup window, if it deduplicates.
+    dedup_window: Option<std::time::Duration>,
+}
+
+/// A partition's message-id dedup index in the metadata store (called on the partition's appender thread).
+#[derive(Debug)]
+struct MetaDedupIndex {
+    meta: Arc<MetaStore>,
+    topic_id: u64,
+    partition: u32,
+}
+
+impl DedupIndex for MetaDedupIndex {
+    fn lookup(&self, keys: &[&[u8]], not_before_ms: i64) -> Result<Vec<Option<u64>>, IndexError> {
+        Ok(self.meta.lookup_dedup(self.topic_id, self.partition, keys, not_before_ms)?)
+    }
+
+    fn insert(&self, entries: &[DedupEntry], covered_up_to: u64) -> Result<(), IndexError> {
+        let records: Vec<DedupRecord<'_>> = entries
+            .iter()
+            .map(|entry| DedupRecord { key: &entry.key, offset: entry.offset, append_ms: entry.append_ms })
+            .collect();
+        Ok(self.meta.insert_dedup(self.topic_id, self.partition, &records, covered_up_to)?)
+    }
+
+    fn covered_up_to(&self) -> Result<Option<u64>, IndexError> {
+        Ok(self.meta.dedup_covered_up_to(self.topic_id, self.partition)?)
+    }
 }
 
 /// Stores a partition's producer snapshots in the metadata store (called on the partition's appender thread).
@@ -602,6 +636,7 @@ fn open_jobs(
                 producers,
                 budget: Arc::clone(budget),
                 meta: Arc::clone(meta),
+                dedup_window: record.config.dedup_window(),
             })
         })
         .collect()
@@ -697,6 +732,14 @@ fn open_partition(job: &OpenJob) -> Result<Opened, LogError> {
         sink: Some(Arc::new(sink)),
         clock,
         budget: Arc::clone(&job.budget),
+        dedup: job.dedup_window.map(|window| DedupSetup {
+            window,
+            index: Arc::new(MetaDedupIndex {
+                meta: Arc::clone(&job.meta),
+                topic_id: job.topic_id,
+                partition: job.partition,
+            }) as Arc<dyn DedupIndex>,
+        }),
     };
     let appender =
         Appender::start_with_producers(log, &format!("{}-{}", job.topic, job.partition), &job.log_config, setup)?;

@@ -68,6 +68,9 @@ pub struct TopicConfig {
     /// `max.message.bytes`: bytes. Overrides `log.batch_bytes_max`; the admin handler also rejects values above the
     /// broker's `log.batch_bytes_max`, which this type does not know.
     pub batch_bytes_max: Option<u32>,
+    /// `dedup.window.ms`: milliseconds, 0 (the default) turns message-id dedup off. Records carrying a
+    /// `ferry.dedup.key` header whose key was appended to the partition within the window are dropped.
+    pub dedup_window: Option<Duration>,
 }
 
 /// Why a topic config override was rejected (the wire maps it to `INVALID_CONFIG`).
@@ -119,10 +122,17 @@ const SEGMENT_BYTES: &str = "segment.bytes";
 const SEGMENT_MS: &str = "segment.ms";
 const FSYNC: &str = "fsync";
 const MAX_MESSAGE_BYTES: &str = "max.message.bytes";
+const DEDUP_WINDOW_MS: &str = "dedup.window.ms";
 
 impl TopicConfig {
     /// Every topic config key, in the order [`TopicConfig::to_pairs`] lists them.
-    pub const KEYS: [&str; 6] = [RETENTION_MS, RETENTION_BYTES, SEGMENT_BYTES, SEGMENT_MS, FSYNC, MAX_MESSAGE_BYTES];
+    pub const KEYS: [&str; 7] =
+        [RETENTION_MS, RETENTION_BYTES, SEGMENT_BYTES, SEGMENT_MS, FSYNC, MAX_MESSAGE_BYTES, DEDUP_WINDOW_MS];
+
+    /// The message-id dedup window, if the topic deduplicates (`dedup.window.ms` set and not 0).
+    pub fn dedup_window(&self) -> Option<Duration> {
+        self.dedup_window.filter(|window| !window.is_zero())
+    }
 
     /// Parses `KEY=VALUE` arguments, as given to `ferry topic create --config`; a key may appear once.
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = &'a str>) -> Result<TopicConfig, TopicConfigError> {
@@ -176,6 +186,10 @@ impl TopicConfig {
                 let bytes = u32::try_from(bytes).expect("bounds::BATCH_BYTES lies within u32");
                 set_once(&mut self.batch_bytes_max, MAX_MESSAGE_BYTES, bytes)
             }
+            DEDUP_WINDOW_MS => {
+                let millis = parse_bounded(DEDUP_WINDOW_MS, value, bounds::DEDUP_WINDOW_MS)?;
+                set_once(&mut self.dedup_window, DEDUP_WINDOW_MS, Duration::from_millis(millis))
+            }
             _ => Err(TopicConfigError::UnknownKey { key: key.to_owned() }),
         }
     }
@@ -201,6 +215,9 @@ impl TopicConfig {
         }
         if let Some(bytes) = self.batch_bytes_max {
             pairs.push((MAX_MESSAGE_BYTES, bytes.to_string()));
+        }
+        if let Some(window) = self.dedup_window {
+            pairs.push((DEDUP_WINDOW_MS, millis(window).to_string()));
         }
         pairs
     }

@@ -3,8 +3,8 @@
 //! ```text
 //! ferry [--broker ADDR] topic create NAME [--partitions N] [--config KEY=VALUE]...
 //! ferry [--broker ADDR] topic list | topic describe NAME | topic delete NAME
-//! ferry [--broker ADDR] produce TOPIC [--partition P] [--key-separator SEP] [--acks none|all] [--idempotent]
-//!       [--linger-ms MS] [--delivery-timeout-ms MS]
+//! ferry [--broker ADDR] produce TOPIC [--partition P] [--key-separator SEP | --dedup-key-separator SEP]
+//!       [--acks none|all] [--idempotent] [--linger-ms MS] [--delivery-timeout-ms MS]
 //! ferry [--broker ADDR] consume TOPIC [--from-beginning] [--max-messages N] [--idle-timeout-ms MS] [--print-key]
 //!       [--print-offset] [--partition P] [--group G [--commit before|after|none]]
 //! ferry [--broker ADDR] group list | group describe G
@@ -158,6 +158,11 @@ pub struct ProduceArgs {
     /// Split each line at the first SEP into KEY and VALUE; a line without SEP is an error.
     #[arg(long, value_name = "SEP")]
     pub key_separator: Option<String>,
+    /// Split each line at the first SEP into a DEDUP KEY and VALUE (message-id dedup: on a topic with
+    /// dedup.window.ms, a line whose dedup key was written within the window is not written again). Turns
+    /// idempotence off, which dedup keys need.
+    #[arg(long, value_name = "SEP", conflicts_with_all = ["key_separator", "idempotent"])]
+    pub dedup_key_separator: Option<String>,
     /// When a record counts as sent.
     #[arg(long, value_enum, default_value = "all")]
     pub acks: AcksArg,
@@ -441,22 +446,31 @@ async fn produce(
     };
     let config = ProducerConfig {
         acks,
-        // Idempotence is the default with acks=all (--idempotent only makes it explicit); acks=none cannot have it.
-        idempotence: acks == Acks::All,
+        // Idempotence is the default with acks=all (--idempotent only makes it explicit); acks=none cannot have it,
+        // and neither can records with dedup keys.
+        idempotence: acks == Acks::All && args.dedup_key_separator.is_none(),
         linger: Duration::from_millis(args.linger_ms),
         delivery_timeout: Duration::from_millis(args.delivery_timeout_ms),
         ..ProducerConfig::default()
     };
     let producer = Producer::new(broker, config)?;
-    let separator = args.key_separator.as_deref().map(str::as_bytes).filter(|separator| !separator.is_empty());
+    let (separator, split) = match (&args.key_separator, &args.dedup_key_separator) {
+        (_, Some(separator)) => (Some(separator), Split::DedupKey),
+        (separator, None) => (separator.as_ref(), Split::Key),
+    };
+    let separator = separator.map(|separator| separator.as_bytes()).filter(|separator| !separator.is_empty());
     let mut deliveries = FuturesUnordered::new();
     let mut n_lines: u64 = 0;
     let mut n_acknowledged: u64 = 0;
+    let mut n_duplicates: u64 = 0;
     let mut first_error: Option<CliError> = None;
     let mut line = Vec::new();
     let mut tally =
         |result: Result<crate::RecordMetadata, ClientError>, first_error: &mut Option<CliError>| match result {
-            Ok(_) => n_acknowledged += 1,
+            Ok(metadata) => {
+                n_acknowledged += 1;
+                n_duplicates += u64::from(metadata.duplicate);
+            }
             Err(error) => {
                 first_error.get_or_insert(CliError::Client(error));
             }
@@ -472,7 +486,7 @@ async fn produce(
             }
         }
         n_lines += 1;
-        let record = match line_to_record(&args.topic, args.partition, separator, &line) {
+        let record = match line_to_record(&args.topic, args.partition, separator.map(|sep| (sep, split)), &line) {
             Ok(record) => record,
             Err(reason) => {
                 first_error = Some(CliError::BadLine { line_number: n_lines, reason });
@@ -493,30 +507,47 @@ async fn produce(
     }
     let _ = producer.close().await;
     let verb = if acks == Acks::None { "written (acks=none: not acknowledged)" } else { "acknowledged" };
-    note(stderr, &format!("{n_acknowledged} of {n_lines} records {verb}")).await;
+    let duplicates = match n_duplicates {
+        0 => String::new(),
+        n => format!(", {n} of them duplicates not written again"),
+    };
+    note(stderr, &format!("{n_acknowledged} of {n_lines} records {verb}{duplicates}")).await;
     match first_error {
         None => Ok(()),
         Some(error) => Err(CliError::Incomplete { n_acknowledged, n_lines, first_error: Box::new(error) }),
     }
 }
 
+/// What the part of a line before the separator is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Split {
+    /// The record's key (`--key-separator`).
+    Key,
+    /// The record's dedup key (`--dedup-key-separator`).
+    DedupKey,
+}
+
 /// Turns one stdin line (with its line ending) into a record.
 fn line_to_record(
     topic: &str,
     partition: Option<u32>,
-    separator: Option<&[u8]>,
+    separator: Option<(&[u8], Split)>,
     line: &[u8],
 ) -> Result<ProducerRecord, String> {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let mut record = match separator {
         None => ProducerRecord::new(topic, Bytes::copy_from_slice(line)),
-        Some(separator) => {
+        Some((separator, split)) => {
             let Some(at) = line.windows(separator.len()).position(|window| window == separator) else {
                 return Err(format!("no key separator {:?}", String::from_utf8_lossy(separator)));
             };
-            ProducerRecord::new(topic, Bytes::copy_from_slice(&line[at + separator.len()..]))
-                .with_key(Bytes::copy_from_slice(&line[..at]))
+            let record = ProducerRecord::new(topic, Bytes::copy_from_slice(&line[at + separator.len()..]));
+            let prefix = Bytes::copy_from_slice(&line[..at]);
+            match split {
+                Split::Key => record.with_key(prefix),
+                Split::DedupKey => record.with_dedup_key(prefix),
+            }
         }
     };
     record.partition = partition;

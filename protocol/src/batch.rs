@@ -3,6 +3,8 @@
 //! One format serves the wire and the disk, so a batch travels as bytes from producer to segment file to consumer.
 //! The broker never re-encodes records: on append it assigns the base offset, which rewrites the header and
 //! recomputes the checksum ([`RecordBatch::rebase`]), and on fetch it returns the stored bytes.
+//! The one exception is message-id dedup: when a batch of a dedup-enabled topic holds records whose
+//! [`DEDUP_KEY_HEADER`] was seen within the topic's window, the broker rebuilds the batch from the records it keeps.
 //!
 //! # Layout (version 1; all integers big-endian)
 //!
@@ -62,6 +64,12 @@ pub const NO_PRODUCER_ID: i64 = -1;
 pub const NO_PRODUCER_EPOCH: i32 = -1;
 /// `base_sequence` of a batch from a producer that is not idempotent.
 pub const NO_SEQUENCE: i32 = -1;
+/// Name of the record header that carries a record's dedup key (message-id dedup): on a topic with
+/// `dedup.window.ms` > 0, a record whose key was already appended to the partition within the window is dropped
+/// and reported with the original's offset. Records without it are never deduplicated.
+pub const DEDUP_KEY_HEADER: &str = "ferry.dedup.key";
+/// Longest dedup key, in bytes; an empty or longer key makes the batch invalid on a dedup-enabled topic.
+pub const DEDUP_KEY_BYTES_MAX: usize = 256;
 /// The largest sequence number: the record after it has sequence 0.
 pub const SEQUENCE_MAX: i32 = i32::MAX;
 
@@ -539,6 +547,11 @@ pub struct RecordHeaders {
 }
 
 impl RecordHeaders {
+    /// The value of the first header named `name`, if any (a null value counts as empty).
+    pub fn get(&self, name: &[u8]) -> Option<Bytes> {
+        self.iter().find(|(key, _)| key.as_ref() == name).map(|(_, value)| value.unwrap_or_default())
+    }
+
     /// Number of headers.
     pub fn len(&self) -> usize {
         self.count as usize

@@ -341,6 +341,8 @@ fn frame_seeds() -> Vec<(&'static str, Vec<u8>)> {
                             log_append_time_ms: 1_700_000_000_000,
                             durability: Durability::Fsynced as i32,
                             duplicate: false,
+                            dedup_dropped: Vec::new(),
+                            dedup_window_ms: 0,
                         }],
                     }],
                 },

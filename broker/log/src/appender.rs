@@ -17,6 +17,11 @@
 //! answered with [`LogError::Producer`] and changes nothing. The table is rebuilt at start from the last snapshot and
 //! the log after it, and snapshotted after syncs (see [`Appender::start_with_producers`]).
 //!
+//! Message-id dedup (a partition started with [`crate::dedup::DedupSetup`]): each request's records are checked
+//! against the partition's dedup keys in the same step; duplicates are dropped and reported in
+//! [`AppendAck::dedup_dropped`], and the group's new keys are indexed after its sync, before the replies (see
+//! [`crate::dedup`]).
+//!
 //! Failure: a failed fsync or write stops the partition. Every request of the group gets `LogError::Failed`, even those
 //! written before the failure (their data was never fsynced), and so does every later request; nothing is retried.
 //! A panic in the thread drops the receiver and every pending reply: waiting callers get [`LogError::AppenderGone`],
@@ -33,6 +38,7 @@ use ferry_protocol::RecordBatch;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Clock, FsyncPolicy, LogConfig};
+use crate::dedup::{DedupReplayReport, DedupState, DroppedRecord};
 use crate::error::LogError;
 use crate::log::{OffsetRange, PartitionLog};
 use crate::producers::{
@@ -63,6 +69,9 @@ pub struct AppendAck {
     /// The request was an idempotent producer's retry of a batch already written: nothing was written, and `ranges`
     /// holds the original batch's offsets (acknowledged with the same durability guarantee as a new append).
     pub duplicate: bool,
+    /// Records dropped by message-id dedup, in request order. `ranges` then covers the batches that kept records
+    /// (a batch whose records were all dropped has no range); the kept records have consecutive offsets.
+    pub dedup_dropped: Vec<DroppedRecord>,
 }
 
 type Reply = oneshot::Sender<Result<AppendAck, LogError>>;
@@ -167,6 +176,7 @@ pub struct Appender {
     thread: Option<JoinHandle<Result<(), LogError>>>,
     active_producers: Arc<AtomicUsize>,
     rebuilt: RebuildReport,
+    dedup_replayed: Option<DedupReplayReport>,
 }
 
 /// Settings the appender thread needs.
@@ -190,6 +200,8 @@ impl Appender {
     /// Starts the appender thread like [`Appender::start`], first rebuilding the producer state (the dedup table of
     /// idempotent producers) from `producers.snapshot` and the log after it (see [`rebuild`]); the thread stores new
     /// snapshots in `producers.sink` after syncs, at most every `snapshot_interval` or `snapshot_bytes`, and at close.
+    /// With `producers.dedup`, it first indexes the dedup keys the index may have missed ([`crate::dedup`]'s replay);
+    /// an index that fails then fails the start ([`LogError::DedupIndex`]).
     pub fn start_with_producers<L: PartitionLog + 'static>(
         log: L,
         name: &str,
@@ -213,6 +225,21 @@ impl Appender {
                 "producer state rebuilt"
             );
         }
+        let dedup_replayed = match &producers.dedup {
+            Some(setup) => {
+                let report = crate::dedup::replay(&log, setup, producers.clock.now_ms())?;
+                if report.keys_indexed > 0 {
+                    tracing::info!(
+                        partition = name,
+                        replayed_from = report.replayed_from,
+                        keys = report.keys_indexed,
+                        "dedup keys re-indexed from the log"
+                    );
+                }
+                Some(report)
+            }
+            None => None,
+        };
         let active_producers = Arc::new(AtomicUsize::new(table.len()));
         let group_config = GroupConfig {
             fsync: config.fsync,
@@ -228,6 +255,7 @@ impl Appender {
             last_snapshot: Instant::now(),
             bytes_since_snapshot: 0,
             snapshot_due: false,
+            dedup: producers.dedup.as_ref().map(|setup| DedupState::new(setup, log.end_offset())),
         };
         let thread_name = format!("appender-{name}");
         let thread = thread::Builder::new()
@@ -236,7 +264,7 @@ impl Appender {
             .spawn(move || AppenderLoop::new(log, receiver, group_config, state).run())
             .map_err(|e| LogError::io("spawn thread", thread_name, e))?;
         let handle = AppendHandle { sender, shutting_down: Arc::new(AtomicBool::new(false)) };
-        Ok(Appender { handle, reader, thread: Some(thread), active_producers, rebuilt })
+        Ok(Appender { handle, reader, thread: Some(thread), active_producers, rebuilt, dedup_replayed })
     }
 
     /// Producer ids the partition's dedup table tracks now.
@@ -252,6 +280,11 @@ impl Appender {
     /// What rebuilding the producer state at start did.
     pub fn rebuild_report(&self) -> RebuildReport {
         self.rebuilt
+    }
+
+    /// What the message-id dedup replay at start did (`None`: the partition does not deduplicate by key).
+    pub fn dedup_replay_report(&self) -> Option<DedupReplayReport> {
+        self.dedup_replayed
     }
 
     /// A handle for submitting appends (clone it for each producer connection).
@@ -314,6 +347,8 @@ struct ProducerState {
     bytes_since_snapshot: u64,
     /// The table changed since the last snapshot.
     snapshot_due: bool,
+    /// Message-id dedup, if the partition has a window.
+    dedup: Option<DedupState>,
 }
 
 impl ProducerState {
@@ -480,9 +515,16 @@ impl<L: PartitionLog> AppenderLoop<L> {
 
     /// Appends every request of the group, syncs once (policy `always`), then replies to each.
     fn commit_group(&mut self, group: Vec<(Vec<RecordBatch>, Reply, Option<Instant>)>) {
-        let mut appended: Vec<(Reply, Vec<OffsetRange>, bool)> = Vec::with_capacity(group.len());
+        let mut appended: Vec<(Reply, Vec<OffsetRange>, bool, Vec<DroppedRecord>)> = Vec::with_capacity(group.len());
         let mut fatal: Option<Arc<LogError>> = None;
         let now = Instant::now();
+        let now_ms = self.producers.clock.now_ms();
+        if let Some(dedup) = self.producers.dedup.as_mut()
+            && dedup.retry_due()
+        {
+            // Entries whose insert failed belong to acknowledged records, all below the current end.
+            dedup.flush(self.log.end_offset(), now_ms);
+        }
         for (mut batches, reply, deadline) in group {
             if let Some(cause) = &fatal {
                 let _ = reply.send(Err(LogError::Failed { cause: Arc::clone(cause) }));
@@ -496,13 +538,33 @@ impl<L: PartitionLog> AppenderLoop<L> {
                 Ok(Plan::Append) => {}
                 Ok(Plan::Duplicate(range)) => {
                     // Answered with the group: after the sync that makes the original durable, if it was in this group.
-                    appended.push((reply, vec![range], true));
+                    appended.push((reply, vec![range], true, Vec::new()));
                     continue;
                 }
                 Err(error) => {
                     let _ = reply.send(Err(error));
                     continue;
                 }
+            }
+            let end_before = self.log.end_offset();
+            let mut dedup_plan = None;
+            if let Some(dedup) = &self.producers.dedup {
+                match dedup.plan(batches, end_before, now_ms) {
+                    Ok(mut plan) => {
+                        batches = std::mem::take(&mut plan.batches);
+                        dedup_plan = Some(plan);
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error.into()));
+                        continue;
+                    }
+                }
+            }
+            let dropped = dedup_plan.as_mut().map(|plan| std::mem::take(&mut plan.dropped)).unwrap_or_default();
+            if batches.is_empty() {
+                // Every record was a duplicate: nothing to write, answered after the group's sync.
+                appended.push((reply, Vec::new(), false, dropped));
+                continue;
             }
             match self.log.append(&mut batches) {
                 Ok(ranges) => {
@@ -514,7 +576,12 @@ impl<L: PartitionLog> AppenderLoop<L> {
                     }
                     self.producers.bytes_since_snapshot +=
                         batches.iter().map(|batch| u64::from(batch.len_bytes())).sum::<u64>();
-                    appended.push((reply, ranges, false));
+                    if let (Some(dedup), Some(mut plan)) = (self.producers.dedup.as_mut(), dedup_plan) {
+                        let first = ranges.first().map_or(end_before, |range| range.first);
+                        assert_eq!(first, end_before, "dedup planned offsets from the log end");
+                        dedup.record(plan.take_entries(), now_ms);
+                    }
+                    appended.push((reply, ranges, false, dropped));
                 }
                 Err(error) if error.is_fatal() => {
                     let cause = match error {
@@ -542,13 +609,20 @@ impl<L: PartitionLog> AppenderLoop<L> {
             }
             self.last_sync = Instant::now();
         }
+        if let Some(dedup) = self.producers.dedup.as_mut() {
+            match fatal {
+                // Nothing of the group is acknowledged; the restart re-indexes whatever reached the disk.
+                Some(_) => dedup.discard_group(),
+                None => dedup.flush(self.log.end_offset(), now_ms),
+            }
+        }
         let durability =
             if self.config.fsync == FsyncPolicy::Always { Durability::Fsynced } else { Durability::Written };
-        for (reply, ranges, duplicate) in appended {
+        for (reply, ranges, duplicate, dedup_dropped) in appended {
             let result = match &fatal {
                 // Written but never fsynced: no acknowledgement, whatever the policy promised.
                 Some(cause) => Err(LogError::Failed { cause: Arc::clone(cause) }),
-                None => Ok(AppendAck { ranges, durability, duplicate }),
+                None => Ok(AppendAck { ranges, durability, duplicate, dedup_dropped }),
             };
             let _ = reply.send(result);
         }
@@ -575,6 +649,11 @@ impl<L: PartitionLog> AppenderLoop<L> {
             // Nothing is ever synced by the appender: a snapshot may run ahead of what survives a power loss, which
             // the rebuild detects (offset past the end) and answers with a full replay.
             self.producers.maybe_snapshot(self.log.end_offset(), false);
+        }
+        if let Some(dedup) = self.producers.dedup.as_mut()
+            && dedup.retry_due()
+        {
+            dedup.flush(self.log.end_offset(), self.producers.clock.now_ms());
         }
         let expiration_ms = i64::try_from(self.producers.config.expiration.as_millis()).unwrap_or(i64::MAX);
         if self.producers.table.expire(self.producers.clock.now_ms(), expiration_ms) > 0 {

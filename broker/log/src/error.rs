@@ -146,6 +146,16 @@ pub enum LogError {
     /// An idempotent producer's batch was refused by the partition's dedup table; nothing was written.
     #[error(transparent)]
     Producer(#[from] ProducerError),
+    /// Message-id dedup refused the request; nothing was written.
+    #[error(transparent)]
+    Dedup(#[from] crate::dedup::DedupError),
+    /// The dedup index failed while the appender started (reading what it covers, or indexing the log's tail).
+    #[error("dedup index failed")]
+    DedupIndex {
+        /// The index's error.
+        #[source]
+        source: crate::dedup::IndexError,
+    },
 }
 
 impl LogError {

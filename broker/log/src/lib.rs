@@ -19,6 +19,7 @@
 //! - [`reader`]: [`LogReader`]: reads by offset and timestamp from any thread, never waiting for the writer.
 //! - [`log`]: [`PartitionLog`] and [`Log`]: append (one vectored write), sync, roll, retention, close.
 //! - [`producers`]: [`ProducerTable`]: the dedup table of idempotent producers, and its [`ProducerSnapshot`].
+//! - [`dedup`]: message-id dedup: the [`dedup::DedupIndex`] trait, the check, and the replay at start.
 //! - [`appender`]: [`Appender`]: the group-commit thread and the [`AppendHandle`] async handlers use.
 //! - [`metrics`]: metric names and [`metrics::describe`].
 //!
@@ -28,6 +29,7 @@
 pub mod appender;
 pub mod checkpoint;
 pub mod config;
+pub mod dedup;
 pub mod error;
 pub mod fs;
 #[doc(hidden)]

@@ -369,6 +369,8 @@ pub struct ProducerSetup {
     pub clock: Arc<dyn Clock>,
     /// The broker-wide budget of producer entries this partition's table draws from.
     pub budget: Arc<EntryBudget>,
+    /// Message-id dedup, for a topic with a dedup window; `None` deduplicates nothing by key.
+    pub dedup: Option<crate::dedup::DedupSetup>,
 }
 
 impl Default for ProducerSetup {
@@ -379,6 +381,7 @@ impl Default for ProducerSetup {
             sink: None,
             clock: Arc::new(SystemClock),
             budget: EntryBudget::new(usize::MAX),
+            dedup: None,
         }
     }
 }

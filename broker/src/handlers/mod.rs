@@ -218,6 +218,8 @@ fn log_error_code(error: &LogError) -> ErrorCode {
         LogError::Producer(ProducerError::Fenced { .. }) => ErrorCode::ProducerFenced,
         LogError::Producer(ProducerError::TooManyProducers { .. }) => ErrorCode::ProducerIdLimit,
         LogError::Producer(ProducerError::InvalidFields { .. }) => ErrorCode::InvalidRequest,
+        LogError::Dedup(dedup) if dedup.is_invalid_request() => ErrorCode::InvalidRequest,
+        LogError::Dedup(_) | LogError::DedupIndex { .. } => ErrorCode::StorageError,
     }
 }
 

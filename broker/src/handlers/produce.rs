@@ -13,7 +13,9 @@
 //!    `UNKNOWN_PRODUCER_ID`, `PRODUCER_FENCED`, `INVALID_PRODUCER_EPOCH`); its sequence is checked later, by the
 //!    partition's appender thread, against the dedup table in the same step that assigns offsets
 //!    (`ferry_log::producers`: a retry is answered with the original offsets and `duplicate = true`, a gap with
-//!    `OUT_OF_ORDER_SEQUENCE`).
+//!    `OUT_OF_ORDER_SEQUENCE`). On a topic with `dedup.window.ms`, the appender also drops records whose
+//!    `ferry.dedup.key` it has seen within the window (`ferry_log::dedup`), refusing an idempotent batch that carries
+//!    dedup keys with `INVALID_REQUEST`.
 //! 2. Wait for this request's turn ([`ProduceTurn`]): requests of one connection submit in arrival order, so two
 //!    produce requests for the same partition are appended (and acknowledged) in the order they were sent, while
 //!    their validation still runs in parallel.
@@ -23,7 +25,8 @@
 //!    request is never applied after its timeout, which idempotent producers rely on when they reset.
 //! 4. Wait for each acknowledgement, all within the request's timeout (`timeout_ms`, or `server.request_timeout_ms`,
 //!    which also caps it); an acknowledgement that does not come in time is `REQUEST_TIMED_OUT` (outcome unknown).
-//! 5. Answer with the first and last offsets, the append time and the durability achieved; with acks=none nothing
+//! 5. Answer with the first and last offsets, the append time and the durability achieved (plus the records dropped
+//!    by message-id dedup, with their original offsets, and the topic's dedup window); with acks=none nothing
 //!    is sent, not even errors (they are logged at debug level).
 
 use std::sync::Arc;
@@ -34,7 +37,7 @@ use ferry_log::{AppendAck, Durability as LogDurability, PendingAck};
 use ferry_protocol::batch::{NO_PRODUCER_ID, split_batches};
 use ferry_protocol::messages::error_code_from_wire;
 use ferry_protocol::messages::{
-    Acks, Durability, ProducePartitionResponse, ProduceRequest, ProduceResponse, ProduceTopicResponse,
+    Acks, DroppedRecord, Durability, ProducePartitionResponse, ProduceRequest, ProduceResponse, ProduceTopicResponse,
     error_code_to_wire,
 };
 use ferry_protocol::{ErrorCode, RecordBatch, TopicName};
@@ -96,8 +99,12 @@ struct Prepared {
 /// Where one partition of the request stands.
 enum Slot {
     Prepared(Prepared),
-    Submitted { prepared: Prepared, pending: PendingAck },
-    Done(Result<(AppendAck, i64), HandlerError>),
+    Submitted {
+        prepared: Prepared,
+        pending: PendingAck,
+    },
+    /// The acknowledgement, the append time (ms since the epoch) and the topic's dedup window (ms, 0 when off).
+    Done(Result<(AppendAck, i64, u64), HandlerError>),
 }
 
 /// Handles a produce request; returns `None` for acks=none (no response is sent).
@@ -176,12 +183,15 @@ pub(crate) async fn handle(
             };
             let result = match timeout_at(deadline, pending.wait()).await {
                 Ok(Ok(ack)) => {
+                    let n_dropped = u64::try_from(ack.dedup_dropped.len()).unwrap_or(u64::MAX);
+                    prepared.topic.metrics.duplicates_dedup_key.increment(n_dropped);
                     if ack.duplicate {
                         prepared.topic.metrics.duplicates_sequence.increment(1);
                     } else {
-                        record_append(&prepared);
+                        record_append(&prepared, n_dropped);
                     }
-                    Ok((ack, now_ms()))
+                    let window_ms = prepared.topic.record.config.dedup_window().map_or(0, crate::config::millis);
+                    Ok((ack, now_ms(), window_ms))
                 }
                 Ok(Err(error)) => Err(log_error(state, error)),
                 Err(_) => Err(HandlerError::TimedOut { timeout }),
@@ -274,9 +284,11 @@ fn prepare(state: &ServerState, topic: &Arc<Topic>, partition: u32, records: Byt
     Ok(Prepared { topic: Arc::clone(topic), partition, batches, n_records, n_bytes })
 }
 
-fn record_append(prepared: &Prepared) {
+/// Counts an append; `n_dropped` records were dropped by message-id dedup (their bytes are still counted: a rough
+/// figure is enough, and re-measuring the rebuilt batches would cost more than the counter is worth).
+fn record_append(prepared: &Prepared, n_dropped: u64) {
     prepared.topic.metrics.produce_bytes.increment(prepared.n_bytes);
-    prepared.topic.metrics.produce_records.increment(prepared.n_records);
+    prepared.topic.metrics.produce_records.increment(prepared.n_records.saturating_sub(n_dropped));
     if let Some(partition) = prepared.topic.partition(prepared.partition) {
         partition.refresh_gauges();
     }
@@ -288,7 +300,7 @@ fn partition_response(topic: &str, partition: u32, slot: Slot) -> ProducePartiti
         Slot::Prepared(_) | Slot::Submitted { .. } => unreachable!("every slot is done before the response is built"),
     };
     match result {
-        Ok((ack, append_time_ms)) => {
+        Ok((ack, append_time_ms, dedup_window_ms)) => {
             let first = ack.ranges.first().map_or(0, |range| range.first);
             let last = ack.ranges.last().map_or(0, |range| range.last);
             let durability = match ack.durability {
@@ -304,6 +316,15 @@ fn partition_response(topic: &str, partition: u32, slot: Slot) -> ProducePartiti
                 log_append_time_ms: append_time_ms,
                 durability: i32::from(durability),
                 duplicate: ack.duplicate,
+                dedup_dropped: ack
+                    .dedup_dropped
+                    .iter()
+                    .map(|dropped| DroppedRecord {
+                        record_index: dropped.record_index,
+                        original_offset: dropped.original_offset,
+                    })
+                    .collect(),
+                dedup_window_ms,
             }
         }
         Err(error) => {

@@ -41,6 +41,9 @@
 //! - `producer_state`, key: `u64` topic id, `u32` partition.
 //!   Value: the partition's dedup-state snapshot: the log offset it covers up to, and per producer id its epoch,
 //!   last write time and last batches' sequences and offsets. Replaced by each new snapshot.
+//! - `producer_state`, key: `u64` topic id, `u32` partition, `u8` 1. Value: the log offset below which every
+//!   record's message-id dedup key is indexed. Written with each dedup insert; within the topic's key range, so
+//!   deleting the topic's producer state deletes it.
 //! - `txn_log`, key: transactional id. Value: producer id, epoch, state, partitions, commit or abort decision.
 //! - `txn_staged`, key: `u64` producer id, `u16` epoch, `u64` topic id, `u32` partition, `u32` batch index.
 //!   Value: a staged record batch.
@@ -48,12 +51,13 @@
 //!   Value: member, attempt, lease epoch, deadline.
 //! - `timers`, key: `u64` deadline (ms since the epoch), `u8` kind, kind-specific id.
 //!   Value: what to do when the timer is due. Keys sort by deadline, so the due timers come first.
-//! - `dedup_<bucket>`, key: `u64` topic id, dedup key. Value: partition and offset of the first copy.
+//! - `dedup_<bucket>`, key: `u64` topic id, `u32` partition, dedup key. Value: offset of the first copy and its
+//!   append time (ms since the epoch). See `dedup.rs`.
 //!
-//! `broker`, `topics`, `consumer_offsets`, `producer_ids` and `producer_state` are written today (`producers.rs` holds
-//! the producer entries).
+//! `broker`, `topics`, `consumer_offsets`, `producer_ids`, `producer_state` and `dedup_<bucket>` are written today
+//! (`producers.rs` holds the producer entries, `dedup.rs` the message-id dedup entries).
 //! The other entries are the planned layout for the issues that fill them (consumer groups, idempotence,
-//! transactions, queue groups, message-id dedup); those issues may refine an entry and must update this list.
+//! transactions, queue groups); those issues may refine an entry and must update this list.
 //! `dedup_<bucket>` column families are created on demand, one per time bucket (`<bucket>` is the bucket's start
 //! in seconds since the epoch), and dropped whole when the window passes it.
 //! Opening the store opens every column family found on disk, so a restart never fails on one it did not create.
@@ -66,9 +70,11 @@
 //! never a panic.
 //! The store as a whole has a format version (in `broker/info`); a store written by a newer format is refused.
 
+mod dedup;
 mod producers;
 mod values;
 
+pub use dedup::{DEDUP_BUCKET_SECS, DEDUP_BUCKETS_MAX, DEDUP_WINDOW_MS_MAX, DedupRecord};
 pub use producers::StoredProducerId;
 
 use std::collections::BTreeSet;
@@ -294,6 +300,18 @@ pub enum MetaError {
         /// The topic name.
         name: String,
     },
+    /// A new dedup bucket would exceed the limit of dedup column families (the periodic drop is behind).
+    #[error("{max} dedup column families exist already")]
+    TooManyDedupBuckets {
+        /// The limit.
+        max: usize,
+    },
+    /// A dedup column family was dropped while an insert needed it (its bucket had expired).
+    #[error("dedup column family {name} is gone")]
+    DedupBucketGone {
+        /// The column family.
+        name: String,
+    },
 }
 
 type Db = DBWithThreadMode<MultiThreaded>;
@@ -304,8 +322,10 @@ pub struct MetaStore {
     path: PathBuf,
     broker_info: BrokerInfo,
     /// Every column family opened, `default` included.
-    /// The dedup issue, which creates and drops `dedup_<bucket>` column families, must keep it current.
-    cf_names: BTreeSet<String>,
+    /// Kept current as `dedup_<bucket>` column families are created and dropped; the lock also serializes those.
+    cf_names: Mutex<BTreeSet<String>>,
+    /// The tuning new column families are created with.
+    config: MetaConfig,
     /// The next topic id; the lock also serializes the read-check-write of topic creation and deletion.
     next_topic_id: Mutex<u64>,
     /// The next producer id to issue.
@@ -368,7 +388,8 @@ impl MetaStore {
             db,
             path: path.to_owned(),
             broker_info,
-            cf_names,
+            cf_names: Mutex::new(cf_names),
+            config: config.clone(),
             next_topic_id: Mutex::new(next_topic_id),
             next_producer_id: Mutex::new(next_producer_id),
             offsets: Mutex::new(()),
@@ -553,7 +574,8 @@ impl MetaStore {
     /// Flushes every column family's memtable to SST files, so the next open has no write-ahead log to replay.
     /// Not needed for durability: every write is already synced to the write-ahead log.
     pub fn flush(&self) -> Result<(), MetaError> {
-        let handles: Vec<_> = self.cf_names.iter().filter_map(|name| self.db.cf_handle(name)).collect();
+        let names: Vec<String> = self.cf_names.lock().unwrap_or_else(PoisonError::into_inner).iter().cloned().collect();
+        let handles: Vec<_> = names.iter().filter_map(|name| self.db.cf_handle(name)).collect();
         let handle_refs: Vec<_> = handles.iter().collect();
         let mut options = FlushOptions::default();
         options.set_wait(true);

@@ -27,6 +27,7 @@ fn topics_survive_close_and_reopen() {
         segment_age: Some(Duration::from_secs(3600)),
         fsync: Some(FsyncPolicy::Interval(Duration::from_millis(50))),
         batch_bytes_max: Some(65_536),
+        dedup_window: Some(Duration::from_secs(600)),
     };
     let store = open(dir.path());
     let orders = store
@@ -110,7 +111,8 @@ fn column_families_created_by_an_earlier_open_reopen() {
     store.close().expect("close");
 
     let store = open(dir.path());
-    assert!(store.cf_names.contains("dedup_123"), "{:?}", store.cf_names);
+    let names = store.cf_names.lock().expect("lock").clone();
+    assert!(names.contains("dedup_123"), "{names:?}");
     let dedup = store.db.cf_handle("dedup_123").expect("dedup cf is open after a restart");
     assert_eq!(store.db.get_cf(&dedup, b"key").expect("get").as_deref(), Some(&b"value"[..]));
     drop(dedup);

@@ -80,6 +80,9 @@ pub(super) struct TopicConfigValue {
     pub fsync: Option<String>,
     #[prost(uint32, optional, tag = "6")]
     pub batch_bytes_max: Option<u32>,
+    /// Milliseconds; 0 is off.
+    #[prost(uint64, optional, tag = "7")]
+    pub dedup_window_ms: Option<u64>,
 }
 
 /// `consumer_offsets/<group, topic id, partition>`.
@@ -174,6 +177,7 @@ pub(super) fn topic_to_value(record: &TopicRecord) -> TopicValue {
             segment_ms: config.segment_age.map(millis),
             fsync: config.fsync.map(|policy| policy.to_string()),
             batch_bytes_max: config.batch_bytes_max,
+            dedup_window_ms: config.dedup_window.map(millis),
         }),
     }
 }
@@ -206,6 +210,7 @@ pub(super) fn topic_from_value(name: String, value: TopicValue) -> Result<TopicR
         segment_age: stored.segment_ms.map(Duration::from_millis),
         fsync,
         batch_bytes_max: stored.batch_bytes_max,
+        dedup_window: stored.dedup_window_ms.map(Duration::from_millis),
     };
     Ok(TopicRecord {
         name,

@@ -16,6 +16,7 @@ fn every_key_parses_and_prints_back() {
         "segment.ms=60000",
         "fsync=interval:20",
         "max.message.bytes=65536",
+        "dedup.window.ms=3600000",
     ];
     let config = TopicConfig::from_pairs(pairs).expect("parse");
     assert_eq!(config.retention_age, Some(Limit::AtMost(Duration::from_secs(1))));
@@ -24,6 +25,7 @@ fn every_key_parses_and_prints_back() {
     assert_eq!(config.segment_age, Some(Duration::from_secs(60)));
     assert_eq!(config.fsync, Some(FsyncPolicy::Interval(Duration::from_millis(20))));
     assert_eq!(config.batch_bytes_max, Some(65_536));
+    assert_eq!(config.dedup_window(), Some(Duration::from_secs(3600)));
 
     let printed: Vec<String> = config.to_pairs().into_iter().map(|(key, value)| format!("{key}={value}")).collect();
     assert_eq!(printed, pairs, "to_pairs lists keys in KEYS order, in the form set parses");
@@ -81,4 +83,19 @@ fn unknown_key_message_lists_the_known_keys() {
     for key in TopicConfig::KEYS {
         assert!(message.contains(key), "{message}");
     }
+}
+
+#[test]
+fn a_dedup_window_of_zero_is_off_and_more_than_a_day_is_refused() {
+    let off = TopicConfig::from_pairs(["dedup.window.ms=0"]).expect("parse");
+    assert_eq!((off.dedup_window, off.dedup_window()), (Some(Duration::ZERO), None));
+    assert_eq!(TopicConfig::default().dedup_window(), None);
+    check_error(
+        &["dedup.window.ms=86400001"],
+        TopicConfigError::OutOfRange {
+            key: "dedup.window.ms",
+            value: 86_400_001,
+            bounds: crate::config::bounds::DEDUP_WINDOW_MS,
+        },
+    );
 }

@@ -10,6 +10,8 @@
 //! - `chaos`: Jepsen-style histories and their checker (lost, duplicated, reordered values, offset gaps), and the
 //!   crash driver: the real binary SIGKILLed at seeded moments (also during recovery) while producers write.
 //! - `crash`: the real binary restarted (SIGTERM) and killed (SIGKILL) while a producer sends.
+//! - `dedup`: message-id dedup: resent dedup keys dropped and reported with the original offsets (client and raw
+//!   frames), the window in the ack, a retry after a SIGKILL, idempotent producers refused, the metric.
 //! - `fault_proxy`: a frame-aware TCP proxy that drops, duplicates, delays and resets requests and responses, and
 //!   its self-tests.
 //! - `groups`: consumer groups: a member killed among three, the delivery guarantees of the commit modes, stale
@@ -22,6 +24,7 @@ mod bad_input;
 mod binary;
 mod chaos;
 mod crash;
+mod dedup;
 mod end_to_end;
 mod fault_proxy;
 mod groups;

@@ -33,6 +33,11 @@
 //!   acknowledged it (durable per the topic's fsync policy), but a retry after a lost connection or a timeout may
 //!   append a batch twice (at-least-once), and with more than one request in flight per partition a retried batch
 //!   can land after a batch sent after it.
+//! - **Message-id dedup** ([`ProducerRecord::with_dedup_key`], needs `idempotence = false`): on a topic with
+//!   `dedup.window.ms`, the broker drops a record whose dedup key was appended to the partition within the window
+//!   and resolves it with the original's offset and [`RecordMetadata::duplicate`]; records with a dedup key and
+//!   neither key nor partition are routed by the dedup key, so a copy sent again (even by another process) meets
+//!   its original.
 //! - With `acks = None` (which needs `idempotence = false`) the broker sends no response: the future resolves (with
 //!   no offset) once the request was written to the socket. Nothing tells the producer about a failed append
 //!   (at-most-once).
@@ -50,6 +55,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use ferry_protocol::batch::{DEDUP_KEY_BYTES_MAX, DEDUP_KEY_HEADER};
 use ferry_protocol::messages::DescribeTopicsRequest;
 use ferry_protocol::{ApiKey, Request, Response, TopicName};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -228,6 +234,35 @@ impl ProducerRecord {
         self
     }
 
+    /// Sets the record's dedup key (the `ferry.dedup.key` header, 1 to 256 bytes): on a topic with
+    /// `dedup.window.ms` > 0, the broker drops the record if a record with the same key was appended to the
+    /// partition within the window, and reports it [`RecordMetadata::duplicate`] with the original's offset.
+    ///
+    /// Without a key or partition, the record is routed by its dedup key, so a resent copy meets its original;
+    /// with an explicit partition, dedup applies within that partition. Only producers with `idempotence = false`
+    /// may send dedup keys ([`Producer::send`] refuses them otherwise): the broker cannot drop single records from an
+    /// idempotent producer's batch without breaking its sequence numbers.
+    ///
+    /// ```
+    /// use ferry_client::ProducerRecord;
+    ///
+    /// let record = ProducerRecord::new("payments", "paid").with_dedup_key("payment-8812");
+    /// assert_eq!(record.dedup_key(), Some(&b"payment-8812"[..]));
+    /// ```
+    /// Setting it again replaces the key.
+    pub fn with_dedup_key(mut self, key: impl Into<Bytes>) -> ProducerRecord {
+        self.headers.retain(|(name, _)| name.as_ref() != DEDUP_KEY_HEADER.as_bytes());
+        self.with_header(DEDUP_KEY_HEADER, key)
+    }
+
+    /// The record's dedup key, if it has one.
+    pub fn dedup_key(&self) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(name, _)| name.as_ref() == DEDUP_KEY_HEADER.as_bytes())
+            .map(|(_, value)| value.as_deref().unwrap_or_default())
+    }
+
     /// Sets the timestamp, in milliseconds since the Unix epoch.
     pub fn with_timestamp(mut self, timestamp_ms: i64) -> ProducerRecord {
         self.timestamp = Some(timestamp_ms);
@@ -248,7 +283,12 @@ pub struct RecordMetadata {
     /// The partition the record went to.
     pub partition: u32,
     /// The record's offset; `None` exactly when the producer uses [`Acks::None`] (the broker does not answer).
+    /// For a `duplicate`, the offset of the original record.
     pub offset: Option<u64>,
+    /// The record was dropped by message-id dedup: a record with the same dedup key
+    /// ([`ProducerRecord::with_dedup_key`]) was appended to the partition within the topic's `dedup.window.ms`, and
+    /// `offset` is that record's. Nothing was written for this one.
+    pub duplicate: bool,
 }
 
 /// Resolves once the record is acknowledged (or, with [`Acks::None`], written), or failed for good.
@@ -418,6 +458,22 @@ impl Producer {
             return Err(ClientError::Closed);
         }
         let topic = ClientError::topic_name(&record.topic)?;
+        if let Some(dedup_key) = record.dedup_key() {
+            if shared.config.idempotence {
+                return Err(ClientError::InvalidConfig {
+                    field: "idempotence",
+                    reason: "must be false to send records with a dedup key (the broker cannot drop single records \
+                             from an idempotent producer's batch)"
+                        .to_owned(),
+                });
+            }
+            if !(1..=DEDUP_KEY_BYTES_MAX).contains(&dedup_key.len()) {
+                return Err(ClientError::InvalidConfig {
+                    field: "dedup_key",
+                    reason: format!("must have 1 to {DEDUP_KEY_BYTES_MAX} bytes, not {}", dedup_key.len()),
+                });
+            }
+        }
         let buffer_bytes = record.buffer_bytes();
         if buffer_bytes > shared.config.buffer_bytes_max {
             return Err(ClientError::RecordTooLarge { size: buffer_bytes, max: shared.config.buffer_bytes_max });

@@ -327,7 +327,11 @@ impl Worker {
         let partition = match (record.partition, &record.key) {
             (Some(partition), _) => partition,
             (None, Some(key)) => partition_for_key(key, partition_count),
-            (None, None) => *self.sticky.entry(topic.clone()).or_insert_with(|| pick_partition(partition_count)),
+            // A dedup key routes like a key, so a resent record meets its original in the same partition.
+            (None, None) => match record.dedup_key() {
+                Some(dedup_key) => partition_for_key(dedup_key, partition_count),
+                None => *self.sticky.entry(topic.clone()).or_insert_with(|| pick_partition(partition_count)),
+            },
         };
         let epoch = self.flush.accept();
         let pending = PendingRecord { reply, permit, epoch };
@@ -662,7 +666,7 @@ impl Worker {
             let Some(response) = &response else {
                 // acks=none: written is all we will ever know.
                 self.done(&topic, partition);
-                let metadata = RecordMetadata { partition, offset: None };
+                let metadata = RecordMetadata { partition, offset: None, duplicate: false };
                 for record in batch.records {
                     finish(&mut self.flush, record, Ok(metadata));
                 }
@@ -678,9 +682,23 @@ impl Worker {
                 Some(outcome) if outcome.error_code == 0 => {
                     self.done(&topic, partition);
                     self.resolve(&topic, partition, batch.stamp);
+                    // Message-id dedup: dropped records (listed in payload order) take their original's offset; the
+                    // kept ones have consecutive offsets from base_offset.
+                    let mut dropped = outcome.dedup_dropped.iter().peekable();
+                    let mut n_kept = 0u64;
                     for (record_idx, record) in batch.records.into_iter().enumerate() {
-                        let offset = outcome.base_offset + u64::try_from(record_idx).unwrap_or(u64::MAX);
-                        finish(&mut self.flush, record, Ok(RecordMetadata { partition, offset: Some(offset) }));
+                        let record_idx = u32::try_from(record_idx).unwrap_or(u32::MAX);
+                        let metadata = match dropped.next_if(|dropped| dropped.record_index == record_idx) {
+                            Some(dropped) => {
+                                RecordMetadata { partition, offset: Some(dropped.original_offset), duplicate: true }
+                            }
+                            None => {
+                                let offset = outcome.base_offset.saturating_add(n_kept);
+                                n_kept += 1;
+                                RecordMetadata { partition, offset: Some(offset), duplicate: false }
+                            }
+                        };
+                        finish(&mut self.flush, record, Ok(metadata));
                     }
                 }
                 Some(outcome) => {

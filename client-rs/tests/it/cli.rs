@@ -52,6 +52,17 @@ fn topic_commands_parse_with_their_defaults() {
 }
 
 #[test]
+fn the_dedup_key_separator_excludes_the_key_separator_and_idempotence() {
+    let Command::Produce(produce) = parse(&["produce", "orders", "--dedup-key-separator", ":"]).expect("valid").command
+    else {
+        panic!("produce")
+    };
+    assert_eq!(produce.dedup_key_separator.as_deref(), Some(":"));
+    assert!(parse(&["produce", "orders", "--dedup-key-separator", ":", "--key-separator", "="]).is_err());
+    assert!(parse(&["produce", "orders", "--dedup-key-separator", ":", "--idempotent"]).is_err());
+}
+
+#[test]
 fn produce_and_consume_parse_with_their_defaults() {
     let Command::Produce(produce) = parse(&["produce", "orders"]).expect("valid").command else { panic!("produce") };
     assert_eq!(produce.acks, AcksArg::All);

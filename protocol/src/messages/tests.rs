@@ -499,6 +499,8 @@ prop_compose! {
         // Responses keep unknown enum values as they are, so any value must round-trip.
         durability in any::<i32>(),
         duplicate in any::<bool>(),
+        dedup_dropped in vec((any::<u32>(), any::<u64>()), 0..3),
+        dedup_window_ms in any::<u64>(),
     ) -> ProducePartitionResponse {
         ProducePartitionResponse {
             partition,
@@ -509,6 +511,11 @@ prop_compose! {
             log_append_time_ms,
             durability,
             duplicate,
+            dedup_dropped: dedup_dropped
+                .into_iter()
+                .map(|(record_index, original_offset)| DroppedRecord { record_index, original_offset })
+                .collect(),
+            dedup_window_ms,
         }
     }
 }

@@ -3,6 +3,7 @@
 mod appender;
 mod common;
 mod corruption;
+mod dedup;
 mod disk_full;
 mod fsync_failure;
 mod fuzz_corpus;
