@@ -225,6 +225,15 @@ impl Appender {
                 "producer state rebuilt"
             );
         }
+        // Store what the replay rebuilt at once: a broker that crashes again before its next periodic snapshot
+        // (a crash loop, or a partition written slowly) would otherwise replay an ever longer log at every start.
+        // Everything recovery kept is durable, so the snapshot's offset is the log's end.
+        if rebuilt.batches_replayed > 0
+            && let Some(sink) = &producers.sink
+            && let Err(error) = sink.save(&table.snapshot(log.end_offset()))
+        {
+            tracing::warn!(partition = name, %error, "storing the rebuilt producer state failed; the next start replays again");
+        }
         let dedup_replayed = match &producers.dedup {
             Some(setup) => {
                 let report = crate::dedup::replay(&log, setup, producers.clock.now_ms())?;
