@@ -14,7 +14,6 @@ use ferry_protocol::{BatchBuilder, ErrorCode, NewRecord, Request, Response};
 use crate::end_to_end::ferry;
 use crate::harness::{TestBroker, metric};
 use crate::idempotence::produce;
-use crate::support::BrokerProcess;
 
 const WINDOW_MS: &str = "600000";
 
@@ -157,13 +156,7 @@ async fn idempotent_producers_get_a_clear_error_for_dedup_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resent_record_is_still_dropped_after_a_sigkill() {
     let data_dir = tempfile::tempdir().expect("tempdir");
-    let start = || {
-        tokio::task::block_in_place(|| {
-            let mut broker = BrokerProcess::start_on(data_dir.path());
-            let address = crate::harness::client_address(&mut broker);
-            (broker, address)
-        })
-    };
+    let start = || crate::harness::start_binary_on(data_dir.path());
     let (broker, address) = start();
     let config = BTreeMap::from([("dedup.window.ms".to_owned(), WINDOW_MS.to_owned())]);
     ferry_client::Admin::new(address.to_string(), ConnectionConfig::default())

@@ -162,3 +162,13 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Starts the real `ferry-broker` binary on `data_dir` (blocking, so from a multi-threaded runtime) and returns it
+/// with its client address, once it listens.
+pub fn start_binary_on(data_dir: &Path) -> (BrokerProcess, SocketAddr) {
+    tokio::task::block_in_place(|| {
+        let mut broker = BrokerProcess::start_on(data_dir);
+        let address = client_address(&mut broker);
+        (broker, address)
+    })
+}

@@ -13,7 +13,6 @@ use ferry_protocol::messages::{
 use ferry_protocol::{BatchBuilder, ErrorCode, NewRecord, Request, Response};
 
 use crate::harness::{TestBroker, metric};
-use crate::support::BrokerProcess;
 
 /// A batch of `values` stamped by producer `id`, `epoch`, from `sequence`.
 pub fn stamped(id: i64, epoch: i32, sequence: i32, values: &[&str]) -> Bytes {
@@ -137,13 +136,7 @@ async fn a_retry_is_recognised_after_a_clean_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_is_recognised_after_a_sigkill() {
     let data_dir = tempfile::tempdir().expect("tempdir");
-    let start = || {
-        tokio::task::block_in_place(|| {
-            let mut broker = BrokerProcess::start_on(data_dir.path());
-            let address = crate::harness::client_address(&mut broker);
-            (broker, address)
-        })
-    };
+    let start = || crate::harness::start_binary_on(data_dir.path());
     let (broker, address) = start();
     let connection = Connection::new(address.to_string(), ConnectionConfig::default()).expect("connection");
     ferry_client::Admin::new(address.to_string(), ConnectionConfig::default())

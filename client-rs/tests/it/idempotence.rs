@@ -7,10 +7,9 @@ use std::time::Duration;
 
 use ferry_client::{ConnectionConfig, Producer, ProducerConfig, ProducerRecord};
 use ferry_protocol::batch::{ProducerFields, split_batches};
-use ferry_protocol::messages::{ProducePartitionResponse, ProduceResponse, ProduceTopicResponse, error_code_to_wire};
-use ferry_protocol::{ApiKey, ErrorCode, Request, Response};
+use ferry_protocol::{ApiKey, ErrorCode, Request};
 
-use crate::support::{Action, Peer};
+use crate::support::{Action, Peer, failed_response};
 
 fn config() -> ProducerConfig {
     ProducerConfig {
@@ -36,21 +35,6 @@ fn stamps(peer: &Peer) -> Vec<(u32, ProducerFields, u32)> {
         }
     }
     out
-}
-
-fn failed(error: ErrorCode) -> Response {
-    Response::Produce(ProduceResponse {
-        error_code: 0,
-        topics: vec![ProduceTopicResponse {
-            name: "orders".to_owned(),
-            partitions: vec![ProducePartitionResponse {
-                partition: 0,
-                error_code: error_code_to_wire(error),
-                error_message: "scripted".to_owned(),
-                ..ProducePartitionResponse::default()
-            }],
-        }],
-    })
 }
 
 #[tokio::test]
@@ -109,7 +93,7 @@ async fn a_fenced_producer_fails_its_records_and_every_later_one() {
     let peer = Peer::start().await;
     peer.create_topic("orders", 1);
     peer.set_hook(|request, _| match request {
-        Request::Produce(_) => Action::Respond(failed(ErrorCode::ProducerFenced)),
+        Request::Produce(_) => Action::Respond(failed_response(ErrorCode::ProducerFenced)),
         _ => Action::Model,
     });
     let producer = Producer::new(&peer.addr, config()).expect("valid config");
@@ -131,7 +115,7 @@ async fn an_unknown_producer_id_takes_a_new_id_and_restarts_the_sequence_without
     peer.set_hook(move |request, _| match request {
         // The broker forgot the first id (it expired): nothing of it was written.
         Request::Produce(_) if seen.fetch_add(1, Ordering::SeqCst) == 0 => {
-            Action::Respond(failed(ErrorCode::UnknownProducerId))
+            Action::Respond(failed_response(ErrorCode::UnknownProducerId))
         }
         _ => Action::Model,
     });
@@ -163,8 +147,8 @@ async fn a_gap_behind_an_earlier_failure_is_resent_in_order() {
     let second = producer.send(ProducerRecord::new("orders", "second").with_partition(0)).await.expect("accepted");
     let request_second = peer.next_forwarded().await;
     // Both are in flight. The first fails retriably (not written); the second is refused: its predecessor is missing.
-    request_first.respond(failed(ErrorCode::DiskFull)).await;
-    request_second.respond(failed(ErrorCode::OutOfOrderSequence)).await;
+    request_first.respond(failed_response(ErrorCode::DiskFull)).await;
+    request_second.respond(failed_response(ErrorCode::OutOfOrderSequence)).await;
     assert_eq!(first.await.expect("acknowledged").offset, Some(0));
     assert_eq!(second.await.expect("acknowledged").offset, Some(1));
     let values: Vec<_> = peer.records("orders", 0).into_iter().map(|(_, _, value)| value).collect();

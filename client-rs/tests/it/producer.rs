@@ -4,11 +4,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ferry_client::{Acks, ClientError, ConnectionConfig, Producer, ProducerConfig, ProducerRecord, partition_for_key};
-use ferry_protocol::messages::{ProducePartitionResponse, ProduceResponse, ProduceTopicResponse, error_code_to_wire};
-use ferry_protocol::{ApiKey, ErrorCode, Request, Response};
+use ferry_protocol::{ApiKey, ErrorCode, Request};
 use tokio::time::Instant;
 
-use crate::support::{Action, Peer};
+use crate::support::{Action, Peer, failed_response};
 
 /// How long a test waits to show that something does not happen (real time: see `main.rs`).
 const ABSENCE: Duration = Duration::from_millis(200);
@@ -33,21 +32,6 @@ fn produced(request: &Request) -> Vec<(String, u32, Vec<Bytes>)> {
         }
     }
     out
-}
-
-fn failed_response(error: ErrorCode) -> Response {
-    Response::Produce(ProduceResponse {
-        error_code: 0,
-        topics: vec![ProduceTopicResponse {
-            name: "orders".to_owned(),
-            partitions: vec![ProducePartitionResponse {
-                partition: 0,
-                error_code: error_code_to_wire(error),
-                error_message: "scripted".to_owned(),
-                ..ProducePartitionResponse::default()
-            }],
-        }],
-    })
 }
 
 #[tokio::test]

@@ -661,3 +661,19 @@ pub fn append_values(peer: &Peer, topic: &str, partition: u32, values: &[&str]) 
     peer.shared.bump();
     base_offset
 }
+
+/// A produce response for partition 0 of `orders` failing with `error` (message "scripted").
+pub fn failed_response(error: ErrorCode) -> Response {
+    Response::Produce(ProduceResponse {
+        error_code: 0,
+        topics: vec![ProduceTopicResponse {
+            name: "orders".to_owned(),
+            partitions: vec![ProducePartitionResponse {
+                partition: 0,
+                error_code: error_code_to_wire(error),
+                error_message: "scripted".to_owned(),
+                ..ProducePartitionResponse::default()
+            }],
+        }],
+    })
+}
