@@ -15,6 +15,7 @@ const PROTO_FILES: &[&str] = &[
     "proto/offsets.proto",
     "proto/producer.proto",
     "proto/groups.proto",
+    "proto/transactions.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -26,6 +26,7 @@ use crate::metrics;
 use crate::partitions::{PartitionRecovery, Partitions, PartitionsError};
 use crate::producers::ProducerIds;
 use crate::server::{self, ServerState};
+use crate::transactions::Transactions;
 
 /// How often the registry of producer ids persists last-seen times and sweeps expired ids.
 pub const PRODUCER_IDS_PERSIST_INTERVAL: Duration = Duration::from_secs(10);
@@ -77,6 +78,9 @@ pub enum StartupError {
     /// A partition log could not be opened, or a deletion interrupted by a crash could not be finished.
     #[error("cannot open the partition logs")]
     Partitions(#[source] PartitionsError),
+    /// The transaction coordinator could not load its state.
+    #[error("cannot recover the transactions")]
+    Transactions(#[source] crate::transactions::TxnError),
     /// The server could not listen on its client address.
     #[error("cannot listen for clients on {address}")]
     Listen {
@@ -236,6 +240,18 @@ impl Broker {
             Arc::clone(&partitions),
             shutdown.clone(),
         ));
+        // Decided commits are finished and open transactions aborted before anyone is served.
+        let transactions = Transactions::open(
+            config.transactions.clone(),
+            Arc::clone(&meta),
+            Arc::clone(&partitions),
+            Arc::clone(&groups),
+            Arc::clone(&producer_ids),
+        )
+        .await
+        .map_err(StartupError::Transactions)?;
+        let transactions = Arc::new(transactions);
+        tasks.spawn(Arc::clone(&transactions).run_background(shutdown.clone()));
         let state = Arc::new(ServerState::new(
             Arc::clone(&config),
             Arc::clone(&partitions),
@@ -244,6 +260,7 @@ impl Broker {
             tasks.clone(),
             Arc::clone(&meta),
             groups,
+            transactions,
         ));
         tasks.spawn(server::run(listener, state, shutdown.clone()));
         // Tests and operators find the (possibly ephemeral) port in this line.

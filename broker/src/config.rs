@@ -122,6 +122,18 @@ pub mod bounds {
     pub const OFFSETS_RETENTION_MS: Bounds = Bounds { min: 1000, max: DURATION_MS_MAX };
     /// `groups.offsets_retention_check_interval_ms`: 1 second to 1 day.
     pub const OFFSETS_RETENTION_CHECK_INTERVAL_MS: Bounds = Bounds { min: 1000, max: 24 * 3600 * 1000 };
+    /// `transactions.timeout_max_ms` and `transactions.timeout_default_ms`: 100 ms to 1 day.
+    pub const TRANSACTION_TIMEOUT_MS: Bounds = Bounds { min: 100, max: 24 * 3600 * 1000 };
+    /// `transactions.ids_max`: transactional ids the broker keeps.
+    pub const TRANSACTIONAL_IDS: Bounds = Bounds { min: 1, max: 1_000_000 };
+    /// `transactions.open_max`: transactions open at once.
+    pub const OPEN_TRANSACTIONS: Bounds = Bounds { min: 1, max: 100_000 };
+    /// `transactions.bytes_max`: staged bytes per transaction, 1 MiB to 16 GiB.
+    pub const TRANSACTION_BYTES: Bounds = Bounds { min: 1 << 20, max: 16 << 30 };
+    /// `transactions.partitions_max`: partitions per transaction.
+    pub const TRANSACTION_PARTITIONS: Bounds = Bounds { min: 1, max: 100_000 };
+    /// `transactions.timeout_check_interval_ms`: 10 ms to 1 minute.
+    pub const TRANSACTION_CHECK_INTERVAL_MS: Bounds = Bounds { min: 10, max: 60_000 };
 }
 
 /// A limit that can be switched off, such as retention by age or by size.
@@ -221,6 +233,55 @@ pub struct Config {
     pub producers: ProducersConfig,
     /// `[groups]`: consumer-group limits, session timeouts and offset retention.
     pub groups: GroupsConfig,
+    /// `[transactions]`: transaction timeouts and limits.
+    pub transactions: TransactionsConfig,
+}
+
+/// The `[transactions]` section: the transaction coordinator's timeouts and limits (see `crate::transactions`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransactionsConfig {
+    /// `transactions.timeout_default_ms`, milliseconds, default 60 s, bounds [`bounds::TRANSACTION_TIMEOUT_MS`] and at
+    /// most `timeout_max_ms`: the timeout of a transactional producer that asks for none.
+    #[serde(rename = "timeout_default_ms", deserialize_with = "deserialize_millis")]
+    pub timeout_default: Duration,
+    /// `transactions.timeout_max_ms`, milliseconds, default 15 minutes, bounds [`bounds::TRANSACTION_TIMEOUT_MS`]:
+    /// the longest timeout a producer may ask for (longer gets `INVALID_TRANSACTION_TIMEOUT`). An open transaction
+    /// older than its timeout is aborted by the broker.
+    #[serde(rename = "timeout_max_ms", deserialize_with = "deserialize_millis")]
+    pub timeout_max: Duration,
+    /// `transactions.timeout_check_interval_ms`, milliseconds, default 1000, bounds
+    /// [`bounds::TRANSACTION_CHECK_INTERVAL_MS`]: how often timed-out transactions are looked for (a transaction is
+    /// aborted at most this long after its timeout).
+    #[serde(rename = "timeout_check_interval_ms", deserialize_with = "deserialize_millis")]
+    pub timeout_check_interval: Duration,
+    /// `transactions.ids_max`, default 10000, bounds [`bounds::TRANSACTIONAL_IDS`]: the most transactional ids the
+    /// broker keeps (each holds a producer id); `InitProducerId` with a new one beyond it gets `TOO_MANY_TRANSACTIONS`.
+    pub ids_max: u32,
+    /// `transactions.open_max`, default 1000, bounds [`bounds::OPEN_TRANSACTIONS`]: the most transactions open at
+    /// once; beginning one more gets `TOO_MANY_TRANSACTIONS` (retriable).
+    pub open_max: u32,
+    /// `transactions.bytes_max`, default 256 MiB, bounds [`bounds::TRANSACTION_BYTES`]: the most record-batch bytes
+    /// one transaction may stage; the request that would exceed it gets `TRANSACTION_TOO_LARGE` and aborts the
+    /// transaction. Staged batches live in the metadata store (on disk), not in memory.
+    pub bytes_max: u64,
+    /// `transactions.partitions_max`, default 1000, bounds [`bounds::TRANSACTION_PARTITIONS`]: the most partitions
+    /// one transaction may write to (beyond it: `TRANSACTION_TOO_LARGE`, and the transaction is aborted).
+    pub partitions_max: u32,
+}
+
+impl Default for TransactionsConfig {
+    fn default() -> TransactionsConfig {
+        TransactionsConfig {
+            timeout_default: Duration::from_secs(60),
+            timeout_max: Duration::from_secs(15 * 60),
+            timeout_check_interval: Duration::from_secs(1),
+            ids_max: 10_000,
+            open_max: 1000,
+            bytes_max: 256 * 1024 * 1024,
+            partitions_max: 1000,
+        }
+    }
 }
 
 /// The `[producers]` section: idempotent producer ids and the per-partition dedup state (see `crate::producers`).
@@ -385,6 +446,7 @@ impl Default for Config {
             log: LogDefaults::default(),
             server: ServerConfig::default(),
             producers: ProducersConfig::default(),
+            transactions: TransactionsConfig::default(),
             groups: GroupsConfig::default(),
         }
     }
@@ -572,6 +634,24 @@ impl Config {
             millis(groups.offsets_retention_check_interval),
             bounds::OFFSETS_RETENTION_CHECK_INTERVAL_MS,
         )?;
+        let transactions = &self.transactions;
+        check("transactions.timeout_default_ms", millis(transactions.timeout_default), bounds::TRANSACTION_TIMEOUT_MS)?;
+        check("transactions.timeout_max_ms", millis(transactions.timeout_max), bounds::TRANSACTION_TIMEOUT_MS)?;
+        check(
+            "transactions.timeout_check_interval_ms",
+            millis(transactions.timeout_check_interval),
+            bounds::TRANSACTION_CHECK_INTERVAL_MS,
+        )?;
+        check("transactions.ids_max", transactions.ids_max.into(), bounds::TRANSACTIONAL_IDS)?;
+        check("transactions.open_max", transactions.open_max.into(), bounds::OPEN_TRANSACTIONS)?;
+        check("transactions.bytes_max", transactions.bytes_max, bounds::TRANSACTION_BYTES)?;
+        check("transactions.partitions_max", transactions.partitions_max.into(), bounds::TRANSACTION_PARTITIONS)?;
+        if transactions.timeout_default > transactions.timeout_max {
+            return Err(ConfigError::Invalid {
+                key: "transactions.timeout_default_ms",
+                reason: "is larger than transactions.timeout_max_ms",
+            });
+        }
         if groups.session_timeout_max < groups.session_timeout_min {
             return Err(ConfigError::Invalid {
                 key: "groups.session_timeout_ms_max",

@@ -14,6 +14,8 @@
 //!   deletion (crash-safe), the `logs/` directory layout.
 //! - [`groups`]: the consumer-group coordinator (membership, generations, assignors, commit rules) and the group
 //!   offset and lag metrics.
+//! - [`transactions`]: the transaction coordinator: transactional ids and epochs (fencing), staged records, the
+//!   durable commit decision and its idempotent apply, timeouts, recovery at start.
 //! - [`server`]: the accept loop, the connection limit, the state connections share.
 //! - `connection`: one connection: framing, pipelining, in-flight bound, timeouts, the bounded response queue.
 //! - `handlers`: one file per request kind; prost types stop there; `handlers::error_code` is the one
@@ -34,6 +36,7 @@ pub mod partitions;
 pub mod producers;
 pub mod server;
 pub mod topic;
+pub mod transactions;
 
 pub use broker::{Broker, SHUTDOWN_TASKS_DEADLINE, ShutdownError, StartupError};
 pub use config::{Config, ConfigError};

@@ -76,6 +76,13 @@ pub const PRODUCER_REJECTIONS_TOTAL: &str = "ferry_producer_rejections_total";
 pub const TRANSACTIONS_OPEN: &str = "ferry_transactions_open";
 /// Gauge of the age of the oldest open transaction, in seconds.
 pub const TRANSACTION_OLDEST_AGE_SECONDS: &str = "ferry_transaction_oldest_age_seconds";
+/// Counter of transactions committed (decided and applied to every partition).
+pub const TRANSACTIONS_COMMITTED_TOTAL: &str = "ferry_transactions_committed_total";
+/// Counter of transactions aborted, by `reason`: `requested` (the producer aborted), `timeout`, `restart` (open when
+/// the broker stopped), `operator` (`ferry txn abort`), `fenced` (a newer instance took over), `too_large`,
+/// `group_changed` (the consumer group rebalanced before the commit), `incomplete` (staged batches missing at the
+/// commit), `topic_deleted`.
+pub const TRANSACTIONS_ABORTED_TOTAL: &str = "ferry_transactions_aborted_total";
 /// Gauge of each group's committed offset, by `group`, `topic` and `partition`.
 pub const GROUP_COMMITTED_OFFSET: &str = "ferry_group_committed_offset";
 /// Gauge of each group's lag in records, by `group`, `topic` and `partition`.
@@ -137,6 +144,8 @@ pub fn describe() {
     );
     describe_gauge!(TRANSACTIONS_OPEN, Unit::Count, "Transactions currently open.");
     describe_gauge!(TRANSACTION_OLDEST_AGE_SECONDS, Unit::Seconds, "Age of the oldest open transaction.");
+    describe_counter!(TRANSACTIONS_COMMITTED_TOTAL, Unit::Count, "Transactions committed.");
+    describe_counter!(TRANSACTIONS_ABORTED_TOTAL, Unit::Count, "Transactions aborted, by reason (timeout, ...).");
     describe_gauge!(GROUP_COMMITTED_OFFSET, Unit::Count, "Committed offset, by group, topic and partition.");
     describe_gauge!(GROUP_LAG_RECORDS, Unit::Count, "Records between the committed offset and the log end, by group.");
     describe_gauge!(GROUP_LAG_SECONDS, Unit::Seconds, "Age of the oldest record not yet committed, by group.");

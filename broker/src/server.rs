@@ -30,6 +30,7 @@ use crate::meta::MetaStore;
 use crate::metrics::{CONNECTIONS_REJECTED_TOTAL, LABEL_REASON};
 use crate::partitions::Partitions;
 use crate::producers::ProducerIds;
+use crate::transactions::Transactions;
 
 /// Connections over the limit being answered and closed at once; beyond it, extra connections are dropped without
 /// an error frame (a flood of them must not turn into a flood of tasks).
@@ -63,10 +64,13 @@ pub struct ServerState {
     pub(crate) meta: Arc<MetaStore>,
     /// The consumer-group coordinator.
     pub(crate) groups: Arc<Coordinator>,
+    /// The transaction coordinator.
+    pub(crate) transactions: Arc<Transactions>,
 }
 
 impl ServerState {
     /// The state for a server on `partitions` and `producer_ids`, stopped by `shutdown`, its tasks on `tasks`.
+    #[allow(clippy::too_many_arguments, reason = "one argument per shared component; a builder would add nothing")]
     pub fn new(
         config: Arc<Config>,
         partitions: Arc<Partitions>,
@@ -75,6 +79,7 @@ impl ServerState {
         tasks: TaskTracker,
         meta: Arc<MetaStore>,
         groups: Arc<Coordinator>,
+        transactions: Arc<Transactions>,
     ) -> ServerState {
         ServerState {
             config,
@@ -85,6 +90,7 @@ impl ServerState {
             producer_ids,
             meta,
             groups,
+            transactions,
         }
     }
 }

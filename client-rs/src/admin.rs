@@ -1,14 +1,15 @@
-//! The [`Admin`] client: topics and consumer groups.
+//! The [`Admin`] client: topics, consumer groups and open transactions.
 //!
 //! Admin operations are not retried: creating a topic whose response was lost may have succeeded, and a retry
 //! would then fail with `TOPIC_ALREADY_EXISTS`. Errors say whether a retry can help
 //! ([`ClientError::is_retriable`]); the connection itself reconnects on the next call.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use ferry_protocol::messages::{
-    CreatableTopic, CreateTopicsRequest, DeleteTopicsRequest, DescribeGroupsRequest, DescribeTopicsRequest,
-    ListGroupsRequest, ListTopicsRequest, OffsetFetchRequest, TopicPartitions,
+    AbortTxnRequest, CreatableTopic, CreateTopicsRequest, DeleteTopicsRequest, DescribeGroupsRequest,
+    DescribeTopicsRequest, ListGroupsRequest, ListTopicsRequest, ListTxnsRequest, OffsetFetchRequest, TopicPartitions,
 };
 use ferry_protocol::{ApiKey, ErrorCode, Request, Response};
 
@@ -108,7 +109,35 @@ pub struct GroupPartitionInfo {
     pub lag: Option<u64>,
 }
 
-/// Creates, deletes, lists and describes topics; lists and describes consumer groups.
+/// An open transaction, as listed by [`Admin::list_transactions`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransactionInfo {
+    /// The producer's transactional id.
+    pub transactional_id: String,
+    /// Its producer id.
+    pub producer_id: i64,
+    /// Its current epoch.
+    pub epoch: i32,
+    /// The open transaction's number.
+    pub transaction: u64,
+    /// `open` (records being staged) or `committing` (decided, being appended).
+    pub state: String,
+    /// Time since the transaction began.
+    pub age: Duration,
+    /// The transaction's timeout: the broker aborts it at this age.
+    pub timeout: Duration,
+    /// The partitions it has staged records for, as `(topic, partition)`.
+    pub partitions: Vec<(String, u32)>,
+    /// Batches staged so far.
+    pub staged_batches: u64,
+    /// Bytes staged so far.
+    pub staged_bytes: u64,
+    /// The consumer group whose offsets it commits, if any.
+    pub group_id: Option<String>,
+}
+
+/// Creates, deletes, lists and describes topics; lists and describes consumer groups; lists and aborts open
+/// transactions.
 ///
 /// ```no_run
 /// use ferry_client::{Admin, ConnectionConfig};
@@ -354,6 +383,61 @@ impl Admin {
             members,
             partitions: partitions.into_values().collect(),
         })
+    }
+
+    /// Every open transaction on the broker, oldest first.
+    ///
+    /// ```no_run
+    /// # async fn example(admin: ferry_client::Admin) -> Result<(), ferry_client::ClientError> {
+    /// for txn in admin.list_transactions().await? {
+    ///     println!("{} #{} {} for {:?}", txn.transactional_id, txn.transaction, txn.state, txn.age);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn list_transactions(&self) -> Result<Vec<TransactionInfo>, ClientError> {
+        let Response::ListTxns(response) = self.connection.request(Request::ListTxns(ListTxnsRequest {})).await? else {
+            return Err(unexpected(ApiKey::ListTxns, "not a ListTxns response"));
+        };
+        ClientError::check_wire(response.error_code, "")?;
+        Ok(response
+            .transactions
+            .into_iter()
+            .map(|txn| TransactionInfo {
+                partitions: flatten(&txn.partitions),
+                transactional_id: txn.transactional_id,
+                producer_id: txn.producer_id,
+                epoch: txn.producer_epoch,
+                transaction: txn.transaction,
+                state: txn.state,
+                age: Duration::from_millis(txn.age_ms),
+                timeout: Duration::from_millis(txn.timeout_ms),
+                staged_batches: txn.staged_batches,
+                staged_bytes: txn.staged_bytes,
+                group_id: Some(txn.group_id).filter(|group_id| !group_id.is_empty()),
+            })
+            .collect())
+    }
+
+    /// Aborts a transactional id's open transaction (the producer's next request in it gets `TRANSACTION_ABORTED`).
+    /// Returns whether a transaction was open and aborted.
+    ///
+    /// Fails with `TRANSACTIONAL_ID_NOT_FOUND`, or `CONCURRENT_TRANSACTIONS` when the transaction is committing
+    /// (its commit decision cannot be undone).
+    ///
+    /// ```no_run
+    /// # async fn example(admin: ferry_client::Admin) -> Result<(), ferry_client::ClientError> {
+    /// let aborted = admin.abort_transaction("copier-0").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn abort_transaction(&self, transactional_id: &str) -> Result<bool, ClientError> {
+        let request = Request::AbortTxn(AbortTxnRequest { transactional_id: transactional_id.to_owned() });
+        let Response::AbortTxn(response) = self.connection.request(request).await? else {
+            return Err(unexpected(ApiKey::AbortTxn, "not an AbortTxn response"));
+        };
+        ClientError::check_wire(response.error_code, &response.error_message)?;
+        Ok(response.aborted)
     }
 
     /// The connection this client uses, e.g. to send raw requests.

@@ -5,14 +5,20 @@
 //! ferry [--broker ADDR] topic list | topic describe NAME | topic delete NAME
 //! ferry [--broker ADDR] produce TOPIC [--partition P] [--key-separator SEP | --dedup-key-separator SEP]
 //!       [--acks none|all] [--idempotent] [--linger-ms MS] [--delivery-timeout-ms MS]
+//!       [--transactional-id ID [--txn-size N]]
 //! ferry [--broker ADDR] consume TOPIC [--from-beginning] [--max-messages N] [--idle-timeout-ms MS] [--print-key]
 //!       [--print-offset] [--partition P] [--group G [--commit before|after|none]]
+//!       [--isolation read-committed|read-uncommitted]
 //! ferry [--broker ADDR] group list | group describe G
+//! ferry [--broker ADDR] txn list | txn abort ID
 //! ```
 //!
 //! stdout carries only data (records, topic names and descriptions); logs, summaries and errors go to stderr.
 //! The exit code is 0 on success and 1 on failure, with one error line on stderr.
-//! Transaction flags are accepted by the parser only to be rejected with a clear "not supported yet".
+//!
+//! `produce --transactional-id ID` writes the lines in transactions: every `--txn-size N` lines (default: all of
+//! stdin) are one transaction, committed once complete, so a producer killed mid-transaction leaves nothing of
+//! that transaction visible. It reports how many lines were committed and exits 0 only if every line was.
 //!
 //! `consume --group G` joins group G (the broker assigns it partitions of TOPIC, shared with the group's other
 //! members) and starts each partition at the group's committed offset (or at the beginning / end per
@@ -33,7 +39,8 @@ use tokio::time::Instant;
 
 use crate::{
     Acks, Admin, ClientError, CommitMode, ConnectionConfig, Consumer, ConsumerConfig, ConsumerRecord, GroupConfig,
-    OffsetReset, Producer, ProducerConfig, ProducerRecord, SeekTo,
+    Isolation, OffsetReset, Producer, ProducerConfig, ProducerRecord, SeekTo, TransactionalConfig,
+    TransactionalProducer,
 };
 
 /// The broker address used when `--broker` is not given.
@@ -78,12 +85,23 @@ pub enum Command {
     /// List or describe consumer groups.
     #[command(subcommand)]
     Group(GroupCommand),
-    /// Transactions (not supported yet).
-    #[command(hide = true)]
-    Txn {
-        /// Ignored.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
+    /// List or abort open transactions.
+    #[command(subcommand)]
+    Txn(TxnCommand),
+}
+
+/// `ferry txn ...`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum TxnCommand {
+    /// List the open transactions on stdout, oldest first, one per line (tab-separated, with a header line):
+    /// transactional id, producer id, epoch, transaction, state, age, timeout, partitions, staged batches and bytes,
+    /// group.
+    List,
+    /// Abort a transactional id's open transaction: nothing of it becomes visible, and its producer's next request
+    /// in it fails with TRANSACTION_ABORTED.
+    Abort {
+        /// The transactional id.
+        id: String,
     },
 }
 
@@ -138,6 +156,15 @@ pub enum CommitArg {
     None,
 }
 
+/// The isolation level of `ferry consume`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IsolationArg {
+    /// Only committed transactional records (and non-transactional ones).
+    ReadCommitted,
+    /// Every appended record (the same records, with Ferry's staged transactions).
+    ReadUncommitted,
+}
+
 /// The acknowledgement mode of `ferry produce`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AcksArg {
@@ -176,11 +203,13 @@ pub struct ProduceArgs {
     /// The default with `--acks all`; refused with `--acks none`.
     #[arg(long)]
     pub idempotent: bool,
-    /// Transactional producer (not supported yet).
-    #[arg(long, hide = true, value_name = "ID")]
+    /// Transactional producer with this transactional id: lines are committed in transactions (see --txn-size), and
+    /// a producer killed mid-transaction leaves nothing of that transaction visible. Fences any other producer with
+    /// the same id.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["dedup_key_separator", "acks"])]
     pub transactional_id: Option<String>,
-    /// Lines per transaction (not supported yet).
-    #[arg(long, hide = true, value_name = "N")]
+    /// With --transactional-id: lines per transaction [default: all of stdin in one transaction].
+    #[arg(long, value_name = "N", requires = "transactional_id", value_parser = clap::value_parser!(u64).range(1..))]
     pub txn_size: Option<u64>,
 }
 
@@ -211,9 +240,10 @@ pub struct ConsumeArgs {
     /// at the group's committed offsets.
     #[arg(long, value_name = "G")]
     pub group: Option<String>,
-    /// Isolation level (not supported yet).
-    #[arg(long, hide = true)]
-    pub isolation: Option<String>,
+    /// Which records to read. With Ferry both levels read the same records: the log only ever holds committed
+    /// transactional records.
+    #[arg(long, value_enum, default_value = "read-committed")]
+    pub isolation: IsolationArg,
     /// With --group: when offsets are committed [default: after].
     #[arg(long, value_enum)]
     pub commit: Option<CommitArg>,
@@ -228,14 +258,6 @@ pub enum CliError {
     /// Flags that do not go together.
     #[error("{0}")]
     Usage(&'static str),
-    /// A flag or command exists in the design but not in this version.
-    #[error("{what} is not supported yet: {why}")]
-    NotSupported {
-        /// The flag or command.
-        what: &'static str,
-        /// Which later release brings it.
-        why: &'static str,
-    },
     /// An input line could not be turned into a record.
     #[error("line {line_number}: {reason}")]
     BadLine {
@@ -243,6 +265,17 @@ pub enum CliError {
         line_number: u64,
         /// What is wrong with it.
         reason: String,
+    },
+    /// Not every line was committed (transactional produce).
+    #[error("only {n_committed} of {n_lines} records were committed; first failure")]
+    Uncommitted {
+        /// Lines in committed transactions.
+        n_committed: u64,
+        /// Lines read.
+        n_lines: u64,
+        /// The failure.
+        #[source]
+        first_error: Box<CliError>,
     },
     /// Not every line was acknowledged.
     #[error("only {n_acknowledged} of {n_lines} records were acknowledged; first failure")]
@@ -261,12 +294,6 @@ pub enum CliError {
     /// Writing stdout failed (other than a closed pipe, which ends the command quietly).
     #[error("writing stdout")]
     Stdout(#[source] std::io::Error),
-}
-
-const TRANSACTIONS_LATER: &str = "transactions arrive in a later release";
-
-fn not_supported(what: &'static str, why: &'static str) -> CliError {
-    CliError::NotSupported { what, why }
 }
 
 /// Parses `KEY=VALUE`.
@@ -366,7 +393,7 @@ where
         Command::Produce(args) => produce(&broker, args, stdin, &mut stderr).await,
         Command::Consume(args) => consume(&broker, args, stdout, &mut stderr).await,
         Command::Group(command) => group(&broker, command, stdout).await,
-        Command::Txn { .. } => Err(not_supported("`ferry txn`", TRANSACTIONS_LATER)),
+        Command::Txn(command) => txn(&broker, command, stdout, &mut stderr).await,
     }
 }
 
@@ -437,8 +464,8 @@ async fn produce(
             reason: "--idempotent needs --acks all".to_owned(),
         }));
     }
-    if args.transactional_id.is_some() || args.txn_size.is_some() {
-        return Err(not_supported("--transactional-id", TRANSACTIONS_LATER));
+    if let Some(transactional_id) = args.transactional_id.clone() {
+        return produce_transactional(broker, args, transactional_id, stdin, stderr).await;
     }
     let acks = match args.acks {
         AcksArg::All => Acks::All,
@@ -518,6 +545,65 @@ async fn produce(
     }
 }
 
+/// `ferry produce --transactional-id`: every `--txn-size` lines (default: all) are one transaction.
+async fn produce_transactional(
+    broker: &str,
+    args: ProduceArgs,
+    transactional_id: String,
+    mut stdin: impl AsyncBufRead + Unpin,
+    stderr: &mut (impl AsyncWrite + Unpin),
+) -> Result<(), CliError> {
+    let separator = args.key_separator.as_ref().map(|separator| separator.as_bytes()).filter(|sep| !sep.is_empty());
+    let mut n_lines: u64 = 0;
+    let mut n_committed: u64 = 0;
+    let mut n_in_transaction: u64 = 0;
+    let mut producer: Option<TransactionalProducer> = None;
+    let mut line = Vec::new();
+    let outcome: Result<(), CliError> = async {
+        let producer = match &mut producer {
+            Some(producer) => producer,
+            None => producer
+                .insert(TransactionalProducer::connect(broker, TransactionalConfig::new(transactional_id)).await?),
+        };
+        loop {
+            line.clear();
+            let at_end = stdin.read_until(b'\n', &mut line).await.map_err(CliError::Stdin)? == 0;
+            if !at_end {
+                n_lines += 1;
+                let split = separator.map(|separator| (separator, Split::Key));
+                let record = line_to_record(&args.topic, args.partition, split, &line)
+                    .map_err(|reason| CliError::BadLine { line_number: n_lines, reason })?;
+                if n_in_transaction == 0 {
+                    producer.begin()?;
+                }
+                n_in_transaction += 1;
+                producer.send(record).await?;
+            }
+            // A complete transaction is committed at once, not when the next line arrives.
+            if n_in_transaction > 0 && (at_end || args.txn_size.is_some_and(|size| n_in_transaction >= size)) {
+                producer.commit().await?;
+                n_committed += n_in_transaction;
+                n_in_transaction = 0;
+            }
+            if at_end {
+                return Ok(());
+            }
+        }
+    }
+    .await;
+    if let Some(mut producer) = producer {
+        if outcome.is_err() && n_in_transaction > 0 {
+            let _ = producer.abort().await;
+        }
+        producer.close().await;
+    }
+    note(stderr, &format!("{n_committed} of {n_lines} records committed")).await;
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(error) => Err(CliError::Uncommitted { n_committed, n_lines, first_error: Box::new(error) }),
+    }
+}
+
 /// What the part of a line before the separator is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Split {
@@ -560,9 +646,6 @@ async fn consume(
     stdout: impl AsyncWrite + Unpin,
     stderr: &mut (impl AsyncWrite + Unpin),
 ) -> Result<(), CliError> {
-    if args.isolation.is_some() {
-        return Err(not_supported("--isolation", TRANSACTIONS_LATER));
-    }
     if args.commit.is_some() && args.group.is_none() {
         return Err(CliError::Usage("--commit needs --group"));
     }
@@ -583,7 +666,12 @@ async fn consume(
         ..GroupConfig::new(group_id.clone())
     });
     let is_group = group.is_some();
-    let mut consumer = Consumer::new(broker, ConsumerConfig { offset_reset, group, ..ConsumerConfig::default() })?;
+    let isolation = match args.isolation {
+        IsolationArg::ReadCommitted => Isolation::ReadCommitted,
+        IsolationArg::ReadUncommitted => Isolation::ReadUncommitted,
+    };
+    let mut consumer =
+        Consumer::new(broker, ConsumerConfig { offset_reset, group, isolation, ..ConsumerConfig::default() })?;
     if is_group {
         consumer.subscribe([args.topic.as_str()])?;
     } else {
@@ -715,6 +803,54 @@ async fn group(broker: &str, command: GroupCommand, stdout: impl AsyncWrite + Un
         }
     }
     admin.close().await;
+    print_text(stdout, &text).await
+}
+
+async fn txn(
+    broker: &str,
+    command: TxnCommand,
+    stdout: impl AsyncWrite + Unpin,
+    stderr: &mut (impl AsyncWrite + Unpin),
+) -> Result<(), CliError> {
+    let admin = Admin::new(broker, ConnectionConfig::default())?;
+    let mut text = String::new();
+    match command {
+        TxnCommand::List => {
+            let transactions = admin.list_transactions().await;
+            admin.close().await;
+            text.push_str(
+                "TRANSACTIONAL_ID\tPRODUCER_ID\tEPOCH\tTRANSACTION\tSTATE\tAGE_MS\tTIMEOUT_MS\tPARTITIONS\t\
+                 STAGED_BATCHES\tSTAGED_BYTES\tGROUP\n",
+            );
+            for txn in transactions? {
+                let partitions: Vec<String> =
+                    txn.partitions.iter().map(|(topic, partition)| format!("{topic}/{partition}")).collect();
+                text.push_str(&format!(
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
+                    txn.transactional_id,
+                    txn.producer_id,
+                    txn.epoch,
+                    txn.transaction,
+                    txn.state,
+                    txn.age.as_millis(),
+                    txn.timeout.as_millis(),
+                    if partitions.is_empty() { "-".to_owned() } else { partitions.join(",") },
+                    txn.staged_batches,
+                    txn.staged_bytes,
+                    txn.group_id.as_deref().unwrap_or("-"),
+                ));
+            }
+        }
+        TxnCommand::Abort { id } => {
+            let aborted = admin.abort_transaction(&id).await;
+            admin.close().await;
+            if aborted? {
+                note(stderr, &format!("aborted the open transaction of {id}")).await;
+            } else {
+                note(stderr, &format!("{id} has no open transaction")).await;
+            }
+        }
+    }
     print_text(stdout, &text).await
 }
 

@@ -176,6 +176,13 @@ pub enum ClientError {
         #[source]
         source: Arc<ProtocolError>,
     },
+    /// A [`crate::TransactionalProducer`] method was called in the wrong state: `send` with no transaction open,
+    /// `begin` while one is open. Nothing was sent.
+    #[error("invalid transaction state: {reason}")]
+    TransactionState {
+        /// What was wrong.
+        reason: &'static str,
+    },
     /// The client was closed (or dropped) before the operation completed.
     #[error("the client is closed")]
     Closed,
@@ -213,6 +220,7 @@ impl ClientError {
             | ClientError::UnexpectedResponse { .. }
             | ClientError::InvalidConfig { .. }
             | ClientError::InvalidTopic { .. }
+            | ClientError::TransactionState { .. }
             | ClientError::Closed => false,
         }
     }
@@ -228,6 +236,36 @@ impl ClientError {
             ClientError::Broker { code, .. } => Some(*code),
             _ => None,
         }
+    }
+
+    /// Whether a newer instance of a transactional producer (same transactional id) took over: `PRODUCER_FENCED`.
+    ///
+    /// Fatal: the fenced [`crate::TransactionalProducer`] must stop; every later call fails with this error without
+    /// contacting the broker.
+    ///
+    /// ```
+    /// # use ferry_client::ClientError;
+    /// # use ferry_protocol::ErrorCode;
+    /// assert!(ClientError::Broker { code: ErrorCode::ProducerFenced, message: String::new() }.is_fenced());
+    /// ```
+    pub fn is_fenced(&self) -> bool {
+        self.error_code() == Some(ErrorCode::ProducerFenced)
+    }
+
+    /// Whether the broker aborted (or no longer knows) the transaction: `TRANSACTION_ABORTED` or
+    /// `INVALID_TXN_STATE`.
+    ///
+    /// Nothing of the transaction is visible: call [`crate::TransactionalProducer::abort`] and run the work again in
+    /// a new transaction (a consumer seeks back to its last committed offsets first).
+    ///
+    /// ```
+    /// # use ferry_client::ClientError;
+    /// # use ferry_protocol::ErrorCode;
+    /// assert!(ClientError::Broker { code: ErrorCode::TransactionAborted, message: String::new() }.is_transaction_aborted());
+    /// assert!(!ClientError::Closed.is_transaction_aborted());
+    /// ```
+    pub fn is_transaction_aborted(&self) -> bool {
+        matches!(self.error_code(), Some(ErrorCode::TransactionAborted | ErrorCode::InvalidTxnState))
     }
 
     /// The error for a non-zero `error_code` field of a response, with its message.

@@ -4,7 +4,10 @@
 //! - [`Producer`] batches records per partition and delivers them with retries, up to a delivery timeout.
 //! - [`Consumer`] reads assigned partitions with long-poll fetches and prefetching, verifying every batch's checksum;
 //!   with a [`GroupConfig`] it joins a consumer group, follows rebalances and commits offsets per its [`CommitMode`].
-//! - [`Admin`] creates, deletes, lists and describes topics, and lists and describes consumer groups.
+//! - [`TransactionalProducer`] writes records to many partitions atomically, together with consumer-group offsets
+//!   (exactly-once consume-transform-produce).
+//! - [`Admin`] creates, deletes, lists and describes topics, lists and describes consumer groups, and lists and
+//!   aborts open transactions.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -34,7 +37,8 @@
 //! - [`partitioner`]: Kafka's murmur2 key hash, so keys land on the partitions Kafka would pick.
 //! - [`producer`]: [`Producer`] and its background task (batching, linger, retries, delivery timeout, backpressure).
 //! - [`consumer`]: [`Consumer`] (manual assignment, seek, poll; group membership, rebalances, commits).
-//! - [`admin`]: [`Admin`] (topics, groups).
+//! - [`transaction`]: [`TransactionalProducer`] (transactions: staging, commit, abort, fencing).
+//! - [`admin`]: [`Admin`] (topics, groups, transactions).
 //! - `cli` (feature `cli`, on by default): the `ferry` command line, as a library so tests can drive it.
 //!
 //! The crate depends on `ferry-protocol` and never on the broker.
@@ -48,15 +52,18 @@ pub mod consumer;
 pub mod error;
 pub mod partitioner;
 pub mod producer;
+pub mod transaction;
 
 pub use admin::{
     Admin, GroupInfo, GroupListing, GroupMemberInfo, GroupPartitionInfo, PartitionInfo, TopicInfo, TopicListing,
+    TransactionInfo,
 };
 pub use connection::{BrokerLimits, Connection, ConnectionConfig};
 pub use consumer::{
-    CommitMode, Consumer, ConsumerConfig, ConsumerRecord, GroupAssignor, GroupConfig, OffsetReset, RebalanceEvent,
-    SeekTo,
+    CommitMode, Consumer, ConsumerConfig, ConsumerRecord, GroupAssignor, GroupConfig, Isolation, OffsetReset,
+    RebalanceEvent, SeekTo,
 };
 pub use error::ClientError;
 pub use partitioner::{murmur2, partition_for_key};
 pub use producer::{Acks, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
+pub use transaction::{CommittedPartition, GroupMetadata, TransactionalConfig, TransactionalProducer};

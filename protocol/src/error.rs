@@ -291,6 +291,26 @@ error_codes! {
     OffsetMetadataTooLarge = 208, false, "OFFSET_METADATA_TOO_LARGE";
     /// The member asks for another assignor than the group uses, or for one the broker does not know.
     InconsistentAssignor = 209, false, "INCONSISTENT_ASSIGNOR";
+    /// A transactional id is not 1-255 bytes of `[a-zA-Z0-9._-]`.
+    TransactionalIdInvalid = 300, false, "TRANSACTIONAL_ID_INVALID";
+    /// The request names a transaction that is not the producer's open one (an older, already ended transaction, or a
+    /// number that skips ahead), or the producer id does not belong to the transactional id. Nothing changed.
+    InvalidTxnState = 301, false, "INVALID_TXN_STATE";
+    /// The transaction was aborted before it could commit (its timeout passed, the broker restarted before the
+    /// commit decision, an operator aborted it, or a newer instance took over): nothing of it is or will be visible.
+    /// The producer aborts on its side and runs the work again in a new transaction.
+    TransactionAborted = 302, false, "TRANSACTION_ABORTED";
+    /// The requested transaction timeout is 0 or above the broker's `transactions.timeout_max_ms`.
+    InvalidTransactionTimeout = 303, false, "INVALID_TRANSACTION_TIMEOUT";
+    /// The transaction would exceed the broker's limit of staged bytes or partitions per transaction; it is aborted.
+    TransactionTooLarge = 304, false, "TRANSACTION_TOO_LARGE";
+    /// The transaction is being committed (its decision is written and its records are being appended); retry.
+    ConcurrentTransactions = 305, true, "CONCURRENT_TRANSACTIONS";
+    /// The broker knows no such transactional id.
+    TransactionalIdNotFound = 306, false, "TRANSACTIONAL_ID_NOT_FOUND";
+    /// The broker has its maximum of transactional ids (`transactions.ids_max`) or open transactions
+    /// (`transactions.open_max`); retry later.
+    TooManyTransactions = 307, true, "TOO_MANY_TRANSACTIONS";
 }
 
 impl ErrorCode {
@@ -394,6 +414,14 @@ mod tests {
             (207, "FENCED_INSTANCE_ID", false),
             (208, "OFFSET_METADATA_TOO_LARGE", false),
             (209, "INCONSISTENT_ASSIGNOR", false),
+            (300, "TRANSACTIONAL_ID_INVALID", false),
+            (301, "INVALID_TXN_STATE", false),
+            (302, "TRANSACTION_ABORTED", false),
+            (303, "INVALID_TRANSACTION_TIMEOUT", false),
+            (304, "TRANSACTION_TOO_LARGE", false),
+            (305, "CONCURRENT_TRANSACTIONS", true),
+            (306, "TRANSACTIONAL_ID_NOT_FOUND", false),
+            (307, "TOO_MANY_TRANSACTIONS", true),
         ];
         assert_eq!(ErrorCode::ALL.len(), expected.len());
         for &(value, name, retriable) in expected {

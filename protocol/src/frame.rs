@@ -45,7 +45,7 @@ pub const FRAME_HEADER_BYTES: u32 = 10;
 /// The apis of protocol version 1, by their stable api key.
 ///
 /// A key, once assigned, never changes meaning.
-/// Reserved, not yet implemented: 27-39 consumer groups, 40-59 transactions,
+/// Reserved, not yet implemented: 27-39 consumer groups, 45-59 transactions,
 /// 60-79 queue groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u16)]
@@ -82,11 +82,21 @@ pub enum ApiKey {
     ListGroups = 25,
     /// Describes consumer groups: members and assignments.
     DescribeGroups = 26,
+    /// Stages record batches in a transaction.
+    TxnProduce = 40,
+    /// Adds consumer-group offsets to a transaction.
+    TxnOffsetCommit = 41,
+    /// Commits or aborts a transaction.
+    EndTxn = 42,
+    /// Lists the open transactions.
+    ListTxns = 43,
+    /// Aborts a transactional id's open transaction (operators).
+    AbortTxn = 44,
 }
 
 impl ApiKey {
     /// Every api this build speaks, in api-key order (the order ApiVersions lists them in).
-    pub const ALL: [ApiKey; 16] = [
+    pub const ALL: [ApiKey; 21] = [
         ApiKey::ApiVersions,
         ApiKey::CreateTopics,
         ApiKey::DeleteTopics,
@@ -103,6 +113,11 @@ impl ApiKey {
         ApiKey::OffsetFetch,
         ApiKey::ListGroups,
         ApiKey::DescribeGroups,
+        ApiKey::TxnProduce,
+        ApiKey::TxnOffsetCommit,
+        ApiKey::EndTxn,
+        ApiKey::ListTxns,
+        ApiKey::AbortTxn,
     ];
 
     /// The numeric key sent in the frame header.
@@ -129,6 +144,11 @@ impl ApiKey {
             ApiKey::OffsetFetch => "offset_fetch",
             ApiKey::ListGroups => "list_groups",
             ApiKey::DescribeGroups => "describe_groups",
+            ApiKey::TxnProduce => "txn_produce",
+            ApiKey::TxnOffsetCommit => "txn_offset_commit",
+            ApiKey::EndTxn => "end_txn",
+            ApiKey::ListTxns => "list_txns",
+            ApiKey::AbortTxn => "abort_txn",
         }
     }
 

@@ -238,6 +238,11 @@ apis! {
     OffsetFetch => OffsetFetchRequest, OffsetFetchResponse;
     ListGroups => ListGroupsRequest, ListGroupsResponse;
     DescribeGroups => DescribeGroupsRequest, DescribeGroupsResponse;
+    TxnProduce => TxnProduceRequest, TxnProduceResponse;
+    TxnOffsetCommit => TxnOffsetCommitRequest, TxnOffsetCommitResponse;
+    EndTxn => EndTxnRequest, EndTxnResponse;
+    ListTxns => ListTxnsRequest, ListTxnsResponse;
+    AbortTxn => AbortTxnRequest, AbortTxnResponse;
 }
 
 impl From<ErrorResponse> for Response {
@@ -270,7 +275,12 @@ impl Request {
             | Request::OffsetCommit(_)
             | Request::OffsetFetch(_)
             | Request::ListGroups(_)
-            | Request::DescribeGroups(_) => Ok(()),
+            | Request::DescribeGroups(_)
+            | Request::TxnProduce(_)
+            | Request::TxnOffsetCommit(_)
+            | Request::EndTxn(_)
+            | Request::ListTxns(_)
+            | Request::AbortTxn(_) => Ok(()),
         }
     }
 }

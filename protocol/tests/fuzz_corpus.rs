@@ -150,6 +150,51 @@ fn frame_seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("describe-topics-request", request_frame(DescribeTopicsRequest { names: vec!["orders".to_owned()] }, 4)),
         ("produce-request", produce_wire.clone()),
         (
+            "txn-produce-request",
+            request_frame(
+                TxnProduceRequest {
+                    transactional_id: "copier-0".to_owned(),
+                    producer_id: 7,
+                    producer_epoch: 3,
+                    transaction: 12,
+                    topics: produce.topics.clone(),
+                },
+                40,
+            ),
+        ),
+        (
+            "txn-offset-commit-request",
+            request_frame(
+                TxnOffsetCommitRequest {
+                    transactional_id: "copier-0".to_owned(),
+                    producer_id: 7,
+                    producer_epoch: 3,
+                    transaction: 12,
+                    group_id: "copiers".to_owned(),
+                    member_id: "m-1".to_owned(),
+                    generation: 4,
+                    topics: vec![OffsetCommitTopic {
+                        name: "input".to_owned(),
+                        partitions: vec![OffsetCommitPartition { partition: 1, offset: 750, metadata: String::new() }],
+                    }],
+                },
+                41,
+            ),
+        ),
+        (
+            "end-txn-request",
+            request_frame(
+                EndTxnRequest {
+                    transactional_id: "copier-0".to_owned(),
+                    producer_id: 7,
+                    producer_epoch: 3,
+                    transaction: 12,
+                    commit: true,
+                },
+                42,
+            ),
+        ),
+        (
             "fetch-request",
             request_frame(
                 FetchRequest {

@@ -42,8 +42,8 @@ use crate::dedup::{DedupReplayReport, DedupState, DroppedRecord};
 use crate::error::LogError;
 use crate::log::{OffsetRange, PartitionLog};
 use crate::producers::{
-    ProducerError, ProducerSetup, ProducerStateConfig, ProducerTable, RebuildReport, SequenceCheck, SnapshotSink,
-    rebuild,
+    ProducerEntry, ProducerError, ProducerSetup, ProducerStateConfig, ProducerTable, RebuildReport, SequenceCheck,
+    SnapshotSink, rebuild,
 };
 use crate::reader::{LogReader, LogStatus};
 
@@ -77,7 +77,16 @@ pub struct AppendAck {
 type Reply = oneshot::Sender<Result<AppendAck, LogError>>;
 
 enum Command {
-    Append { batches: Vec<RecordBatch>, reply: Reply, deadline: Option<Instant> },
+    Append {
+        batches: Vec<RecordBatch>,
+        reply: Reply,
+        deadline: Option<Instant>,
+    },
+    /// Asks for one producer id's dedup-table entry, answered after every append queued before it.
+    Producer {
+        producer_id: i64,
+        reply: oneshot::Sender<Option<ProducerEntry>>,
+    },
     Shutdown,
 }
 
@@ -112,6 +121,7 @@ impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Command::Append { batches, .. } => write!(f, "Append({} batches)", batches.len()),
+            Command::Producer { producer_id, .. } => write!(f, "Producer({producer_id})"),
             Command::Shutdown => f.write_str("Shutdown"),
         }
     }
@@ -157,6 +167,15 @@ impl AppendHandle {
     /// Appends and waits for the acknowledgement, blocking the thread. Must not be called from async code.
     pub fn blocking_append(&self, batches: Vec<RecordBatch>) -> Result<AppendAck, LogError> {
         self.blocking_submit(batches)?.blocking_wait()
+    }
+
+    /// The partition's dedup-table entry for `producer_id` (its epoch, last batches and next sequence), as it stands
+    /// after every append queued before this call. The transaction coordinator asks it to number the batches it
+    /// appends at commit, and to find where an interrupted commit stopped.
+    pub async fn producer_entry(&self, producer_id: i64) -> Result<Option<ProducerEntry>, LogError> {
+        let (reply, receiver) = oneshot::channel();
+        self.sender.send(Command::Producer { producer_id, reply }).await.map_err(|_| self.closed_error())?;
+        receiver.await.map_err(|_| LogError::AppenderGone)
     }
 
     /// Requests waiting in the queue (not yet taken by the appender).
@@ -483,6 +502,10 @@ impl<L: PartitionLog> AppenderLoop<L> {
             let first = match self.receive(Some(self.next_deadline())) {
                 Received::Command(Command::Shutdown) | Received::Closed => break,
                 Received::Command(Command::Append { batches, reply, deadline }) => (batches, reply, deadline),
+                Received::Command(Command::Producer { producer_id, reply }) => {
+                    let _ = reply.send(self.producers.table.get(producer_id).cloned());
+                    continue;
+                }
                 Received::Timeout => {
                     self.timers();
                     continue;
@@ -491,11 +514,17 @@ impl<L: PartitionLog> AppenderLoop<L> {
             let mut group_bytes: u64 = first.0.iter().map(|b| u64::from(b.len_bytes())).sum();
             let mut group = vec![first];
             let mut shutdown = false;
+            // A query that arrives behind appends of this group is answered once they are applied.
+            let mut query = None;
             while group_bytes < self.config.group_bytes_max {
                 match self.receiver.try_recv() {
                     Ok(Command::Append { batches, reply, deadline }) => {
                         group_bytes += batches.iter().map(|b| u64::from(b.len_bytes())).sum::<u64>();
                         group.push((batches, reply, deadline));
+                    }
+                    Ok(Command::Producer { producer_id, reply }) => {
+                        query = Some((producer_id, reply));
+                        break;
                     }
                     Ok(Command::Shutdown) => {
                         shutdown = true;
@@ -505,6 +534,9 @@ impl<L: PartitionLog> AppenderLoop<L> {
                 }
             }
             self.commit_group(group);
+            if let Some((producer_id, reply)) = query {
+                let _ = reply.send(self.producers.table.get(producer_id).cloned());
+            }
             self.timers();
             if shutdown {
                 break;

@@ -16,6 +16,8 @@
 //! - `list_offsets`: earliest, latest and by-timestamp lookups.
 //! - `groups`: consumer-group membership (join, heartbeat, leave) and visibility (list, describe).
 //! - `group_offsets`: committed offsets (commit, fetch).
+//! - `transactions`: TxnProduce, TxnOffsetCommit, EndTxn, ListTxns, AbortTxn (the coordinator is
+//!   `crate::transactions`); `init_producer_id` hands transactional ids to it.
 
 pub(crate) mod api_versions;
 mod create_topics;
@@ -28,16 +30,18 @@ mod init_producer_id;
 mod list_offsets;
 mod list_topics;
 pub(crate) mod produce;
+mod transactions;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_log::{LogError, ProducerError};
 use ferry_protocol::messages::{
-    ApiVersionsResponse, CreateTopicsResponse, DeleteTopicsResponse, DescribeGroupsResponse, DescribeTopicsResponse,
-    FetchResponse, HeartbeatResponse, InitProducerIdResponse, JoinGroupResponse, LeaveGroupResponse,
-    ListGroupsResponse, ListOffsetsResponse, ListTopicsResponse, OffsetCommitResponse, OffsetFetchResponse,
-    ProduceResponse, error_code_to_wire,
+    AbortTxnResponse, ApiVersionsResponse, CreateTopicsResponse, DeleteTopicsResponse, DescribeGroupsResponse,
+    DescribeTopicsResponse, EndTxnResponse, FetchResponse, HeartbeatResponse, InitProducerIdResponse,
+    JoinGroupResponse, LeaveGroupResponse, ListGroupsResponse, ListOffsetsResponse, ListTopicsResponse,
+    ListTxnsResponse, OffsetCommitResponse, OffsetFetchResponse, ProduceResponse, TxnOffsetCommitResponse,
+    TxnProduceResponse, error_code_to_wire,
 };
 use ferry_protocol::{ApiKey, ErrorCode, ProtocolError, Request, Response};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -48,6 +52,7 @@ use crate::meta::MetaError;
 use crate::partitions::PartitionsError;
 use crate::producers::{AdmitError, IssueError};
 use crate::server::ServerState;
+use crate::transactions::TxnError;
 
 pub(crate) use group_offsets::epoch_ms;
 pub(crate) use produce::ProduceTurn;
@@ -105,9 +110,21 @@ pub enum HandlerError {
     /// A produce names a partition without any record batch.
     #[error("no record batches for the partition")]
     NoBatches,
-    /// A batch is marked transactional or control (transactions come in a later version).
-    #[error("transactional and control batches are not supported yet")]
-    TransactionsUnsupported,
+    /// A Produce carries a batch marked transactional: those are staged with TxnProduce and appended at commit.
+    #[error("a transactional batch must be sent with TxnProduce, inside a transaction")]
+    TransactionalBatch,
+    /// A batch is marked as a control batch: only the broker writes those.
+    #[error("control batches are written by the broker only")]
+    ControlBatch,
+    /// A TxnProduce batch lacks the staging fields (producer id, epoch and a staging sequence as base sequence).
+    #[error("a TxnProduce batch must carry the request's producer id and epoch and its staging sequence: {reason}")]
+    InvalidStagedBatch {
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The transaction coordinator refused the request.
+    #[error(transparent)]
+    Txn(#[from] crate::transactions::TxnError),
     /// A batch with a producer id shares its partition's payload with other batches.
     #[error("a batch with a producer id must be the only batch of its partition in a produce request")]
     IdempotentBatchNotAlone,
@@ -149,7 +166,9 @@ pub fn error_code(error: &HandlerError) -> ErrorCode {
         HandlerError::BatchTooLarge { .. } => ErrorCode::RecordBatchTooLarge,
         HandlerError::MessageTooLarge { .. } => ErrorCode::MessageTooLarge,
         HandlerError::NoBatches
-        | HandlerError::TransactionsUnsupported
+        | HandlerError::TransactionalBatch
+        | HandlerError::ControlBatch
+        | HandlerError::InvalidStagedBatch { .. }
         | HandlerError::IdempotentBatchNotAlone
         | HandlerError::DuplicateTopic => ErrorCode::InvalidRequest,
         HandlerError::Admit(AdmitError::Unknown { .. }) => ErrorCode::UnknownProducerId,
@@ -160,8 +179,29 @@ pub fn error_code(error: &HandlerError) -> ErrorCode {
         HandlerError::TimedOut { .. } => ErrorCode::RequestTimedOut,
         HandlerError::ShuttingDown => ErrorCode::BrokerShuttingDown,
         HandlerError::Group(error) => group_error_code(error),
+        HandlerError::Txn(error) => txn_error_code(error),
         HandlerError::Meta(MetaError::Corrupt { .. } | MetaError::UnsupportedFormat { .. }) => ErrorCode::Unknown,
         HandlerError::Meta(_) => ErrorCode::StorageError,
+    }
+}
+
+fn txn_error_code(error: &TxnError) -> ErrorCode {
+    match error {
+        TxnError::InvalidId => ErrorCode::TransactionalIdInvalid,
+        TxnError::InvalidTimeout { .. } => ErrorCode::InvalidTransactionTimeout,
+        TxnError::UnknownId => ErrorCode::TransactionalIdNotFound,
+        TxnError::Fenced { .. } => ErrorCode::ProducerFenced,
+        TxnError::InvalidEpoch { .. } => ErrorCode::InvalidProducerEpoch,
+        TxnError::InvalidState(_) => ErrorCode::InvalidTxnState,
+        TxnError::Aborted { .. } => ErrorCode::TransactionAborted,
+        TxnError::TooLarge(_) => ErrorCode::TransactionTooLarge,
+        TxnError::Committing { .. } => ErrorCode::ConcurrentTransactions,
+        TxnError::TooMany { .. } => ErrorCode::TooManyTransactions,
+        TxnError::UnknownPartition { .. } => ErrorCode::UnknownTopicOrPartition,
+        TxnError::Group(error) => group_error_code(error),
+        TxnError::Issue(IssueError::Limit { .. }) => ErrorCode::ProducerIdLimit,
+        TxnError::Issue(IssueError::Meta(_)) | TxnError::Meta(_) | TxnError::Apply(_) => ErrorCode::StorageError,
+        TxnError::CorruptStaged { .. } => ErrorCode::Unknown,
     }
 }
 
@@ -295,6 +335,11 @@ pub(crate) async fn handle(state: &ServerState, request: Request, context: Reque
         Request::OffsetFetch(request) => Some(group_offsets::fetch(state, request).await.into()),
         Request::ListGroups(_) => Some(groups::list(state).await.into()),
         Request::DescribeGroups(request) => Some(groups::describe(state, request).into()),
+        Request::TxnProduce(request) => Some(transactions::produce(state, request).await.into()),
+        Request::TxnOffsetCommit(request) => Some(transactions::offset_commit(state, request).await.into()),
+        Request::EndTxn(request) => Some(transactions::end(state, request).await.into()),
+        Request::ListTxns(_) => Some(transactions::list(state).into()),
+        Request::AbortTxn(request) => Some(transactions::abort(state, request).await.into()),
     };
     let result = match &response {
         Some(response) => result_code(response),
@@ -327,6 +372,11 @@ pub(crate) fn request_error(api: ApiKey, code: ErrorCode) -> Response {
         ApiKey::OffsetFetch => OffsetFetchResponse { error_code, ..Default::default() }.into(),
         ApiKey::ListGroups => ListGroupsResponse { error_code, ..Default::default() }.into(),
         ApiKey::DescribeGroups => DescribeGroupsResponse { error_code, ..Default::default() }.into(),
+        ApiKey::TxnProduce => TxnProduceResponse { error_code, ..Default::default() }.into(),
+        ApiKey::TxnOffsetCommit => TxnOffsetCommitResponse { error_code, ..Default::default() }.into(),
+        ApiKey::EndTxn => EndTxnResponse { error_code, ..Default::default() }.into(),
+        ApiKey::ListTxns => ListTxnsResponse { error_code, ..Default::default() }.into(),
+        ApiKey::AbortTxn => AbortTxnResponse { error_code, ..Default::default() }.into(),
     }
 }
 
@@ -363,6 +413,11 @@ fn result_code(response: &Response) -> ErrorCode {
             .flat_map(|topic| topic.partitions.iter().map(|partition| partition.error_code))
             .find(|&c| c != 0),
         Response::DescribeGroups(response) => response.groups.iter().map(|group| group.error_code).find(|&c| c != 0),
+        Response::TxnProduce(response) => response
+            .topics
+            .iter()
+            .flat_map(|topic| topic.partitions.iter().map(|partition| partition.error_code))
+            .find(|&c| c != 0),
         Response::ApiVersions(_)
         | Response::ListTopics(_)
         | Response::InitProducerId(_)
@@ -370,6 +425,10 @@ fn result_code(response: &Response) -> ErrorCode {
         | Response::Heartbeat(_)
         | Response::LeaveGroup(_)
         | Response::ListGroups(_)
+        | Response::TxnOffsetCommit(_)
+        | Response::EndTxn(_)
+        | Response::ListTxns(_)
+        | Response::AbortTxn(_)
         | Response::Error(_) => None,
     };
     let code = if top != 0 { top } else { first_item.unwrap_or(0) };

@@ -7,8 +7,8 @@
 //!    the topic is active and has the partition; the payload splits into whole batches, each checksum-verified
 //!    ([`split_batches`]), at most the broker's `log.batch_bytes_max` (`RECORD_BATCH_TOO_LARGE`) and the topic's
 //!    `max.message.bytes` (`MESSAGE_TOO_LARGE`), with well-formed records ([`RecordBatch::validate_records`],
-//!    `CORRUPT_MESSAGE`). Batches marked transactional or control are refused with `INVALID_REQUEST` (transactions
-//!    come with their own issue). A batch with a producer id (an idempotent producer's) must be its partition's only
+//!    `CORRUPT_MESSAGE`). Batches marked transactional (they go through TxnProduce, see
+//!    `transactions`) or control are refused with `INVALID_REQUEST`. A batch with a producer id (an idempotent producer's) must be its partition's only
 //!    batch, and its id and epoch must pass the registry ([`crate::producers::ProducerIds::admit`]:
 //!    `UNKNOWN_PRODUCER_ID`, `PRODUCER_FENCED`, `INVALID_PRODUCER_EPOCH`); its sequence is checked later, by the
 //!    partition's appender thread, against the dedup table in the same step that assigns offsets
@@ -244,8 +244,14 @@ fn partition_idx(partition: u32) -> usize {
     usize::try_from(partition).expect("a u32 partition number fits in usize")
 }
 
-/// Validates one partition's payload (see the module docs) into batches ready to submit.
-fn prepare(state: &ServerState, topic: &Arc<Topic>, partition: u32, records: Bytes) -> Result<Prepared, HandlerError> {
+/// Splits and checks one partition's payload: the partition exists, the payload is whole, checksum-verified batches
+/// within the broker's and the topic's size limits, with well-formed records. Shared with TxnProduce.
+pub(crate) fn split_checked(
+    state: &ServerState,
+    topic: &Topic,
+    partition: u32,
+    records: Bytes,
+) -> Result<Vec<RecordBatch>, HandlerError> {
     let count = topic.record.partitions;
     if topic.partition(partition).is_none() {
         return Err(HandlerError::UnknownPartition { partition, count });
@@ -255,7 +261,6 @@ fn prepare(state: &ServerState, topic: &Arc<Topic>, partition: u32, records: Byt
     }
     let broker_max = state.config.log.batch_bytes_max;
     let mut batches = Vec::new();
-    let (mut n_records, mut n_bytes) = (0u64, 0u64);
     for batch in split_batches(records) {
         let batch = batch?;
         let len = batch.len_bytes();
@@ -265,15 +270,23 @@ fn prepare(state: &ServerState, topic: &Arc<Topic>, partition: u32, records: Byt
         if len > topic.batch_bytes_max {
             return Err(HandlerError::MessageTooLarge { len, max: topic.batch_bytes_max });
         }
-        let header = batch.header();
-        if header.attributes.transactional() || header.attributes.control() {
-            return Err(HandlerError::TransactionsUnsupported);
+        if batch.header().attributes.control() {
+            return Err(HandlerError::ControlBatch);
         }
         batch.validate_records()?;
-        n_records += u64::from(batch.record_count());
-        n_bytes += u64::from(len);
         batches.push(batch);
     }
+    Ok(batches)
+}
+
+/// Validates one partition's payload (see the module docs) into batches ready to submit.
+fn prepare(state: &ServerState, topic: &Arc<Topic>, partition: u32, records: Bytes) -> Result<Prepared, HandlerError> {
+    let batches = split_checked(state, topic, partition, records)?;
+    if batches.iter().any(|batch| batch.header().attributes.transactional()) {
+        return Err(HandlerError::TransactionalBatch);
+    }
+    let n_records = batches.iter().map(|batch| u64::from(batch.record_count())).sum();
+    let n_bytes = batches.iter().map(|batch| u64::from(batch.len_bytes())).sum();
     if let Some(idempotent) = batches.iter().find(|batch| batch.header().producer_id != NO_PRODUCER_ID) {
         if batches.len() != 1 {
             return Err(HandlerError::IdempotentBatchNotAlone);

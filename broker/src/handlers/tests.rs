@@ -21,7 +21,8 @@ fn handler_errors_map_to_the_documented_codes() {
     check(HandlerError::TopicDeleted, ErrorCode::UnknownTopicOrPartition);
     check(HandlerError::BatchTooLarge { len: 2, max: 1 }, ErrorCode::RecordBatchTooLarge);
     check(HandlerError::MessageTooLarge { len: 2, max: 1 }, ErrorCode::MessageTooLarge);
-    check(HandlerError::TransactionsUnsupported, ErrorCode::InvalidRequest);
+    check(HandlerError::TransactionalBatch, ErrorCode::InvalidRequest);
+    check(HandlerError::ControlBatch, ErrorCode::InvalidRequest);
     check(HandlerError::IdempotentBatchNotAlone, ErrorCode::InvalidRequest);
     check(HandlerError::TimedOut { timeout: std::time::Duration::from_secs(1) }, ErrorCode::RequestTimedOut);
     check(HandlerError::ShuttingDown, ErrorCode::BrokerShuttingDown);
@@ -31,6 +32,23 @@ fn handler_errors_map_to_the_documented_codes() {
         HandlerError::Partitions(PartitionsError::InvalidPartitionCount { count: 9, max: 1 }),
         ErrorCode::InvalidPartitions,
     );
+}
+
+#[test]
+fn transaction_errors_map_to_the_documented_codes() {
+    use crate::transactions::{AbortReason, TxnError};
+    let txn = |error| HandlerError::Txn(error);
+    check(txn(TxnError::InvalidId), ErrorCode::TransactionalIdInvalid);
+    check(txn(TxnError::InvalidTimeout { requested_ms: 9, max_ms: 1 }), ErrorCode::InvalidTransactionTimeout);
+    check(txn(TxnError::UnknownId), ErrorCode::TransactionalIdNotFound);
+    check(txn(TxnError::Fenced { producer_id: 1, epoch: 2 }), ErrorCode::ProducerFenced);
+    check(txn(TxnError::InvalidEpoch { current: 1, received: 2 }), ErrorCode::InvalidProducerEpoch);
+    check(txn(TxnError::InvalidState("x".into())), ErrorCode::InvalidTxnState);
+    check(txn(TxnError::Aborted { transaction: 3, reason: AbortReason::Timeout }), ErrorCode::TransactionAborted);
+    check(txn(TxnError::TooLarge("x".into())), ErrorCode::TransactionTooLarge);
+    check(txn(TxnError::Committing { transaction: 3 }), ErrorCode::ConcurrentTransactions);
+    check(txn(TxnError::TooMany { what: "x", max: 1, setting: "y" }), ErrorCode::TooManyTransactions);
+    check(txn(TxnError::Apply(LogError::Closed)), ErrorCode::StorageError);
 }
 
 #[test]

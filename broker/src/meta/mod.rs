@@ -12,7 +12,8 @@
 //!
 //! # Durability
 //!
-//! Every write is synced (`WriteOptions::set_sync(true)`) before the call returns.
+//! Every write is synced (`WriteOptions::set_sync(true)`) before the call returns, except two kinds of
+//! transaction writes whose durability comes from a later synced write (see `txn.rs`).
 //! The partition log fsyncs before it acknowledges, and metadata must not be the weak link (research F21).
 //! Writes that must be atomic together go in one `WriteBatch`, which RocksDB applies atomically across column
 //! families. The write-ahead log is always on. Recovery replays it up to the first corrupt record
@@ -44,9 +45,11 @@
 //! - `producer_state`, key: `u64` topic id, `u32` partition, `u8` 1. Value: the log offset below which every
 //!   record's message-id dedup key is indexed. Written with each dedup insert; within the topic's key range, so
 //!   deleting the topic's producer state deletes it.
-//! - `txn_log`, key: transactional id. Value: producer id, epoch, state, partitions, commit or abort decision.
-//! - `txn_staged`, key: `u64` producer id, `u16` epoch, `u64` topic id, `u32` partition, `u32` batch index.
-//!   Value: a staged record batch.
+//! - `txn_log`, key: transactional id. Value: producer id, epoch, timeout, the next transaction number, the last
+//!   ended transaction and its outcome, the open transaction's number and start, and a commit's decision (per
+//!   partition, the producer sequence its batches start at) until the commit is applied. See `txn.rs`.
+//! - `txn_staged`, key: `u64` producer id, `u32` epoch, `u64` transaction, `u64` topic id, `u32` partition, `u32`
+//!   staging sequence. Value: a staged record batch of an open transaction. See `txn.rs`.
 //! - `queue_leases`, key: `u16` length, group, `u64` topic id, `u32` partition, `u64` offset.
 //!   Value: member, attempt, lease epoch, deadline.
 //! - `timers`, key: `u64` deadline (ms since the epoch), `u8` kind, kind-specific id.
@@ -54,8 +57,9 @@
 //! - `dedup_<bucket>`, key: `u64` topic id, `u32` partition, dedup key. Value: offset of the first copy and its
 //!   append time (ms since the epoch). See `dedup.rs`.
 //!
-//! `broker`, `topics`, `consumer_offsets`, `producer_ids`, `producer_state` and `dedup_<bucket>` are written today
-//! (`producers.rs` holds the producer entries, `dedup.rs` the message-id dedup entries).
+//! `broker`, `topics`, `consumer_offsets`, `producer_ids`, `producer_state`, `txn_log`, `txn_staged` and
+//! `dedup_<bucket>` are written today (`producers.rs` holds the producer entries, `txn.rs` the transactions,
+//! `dedup.rs` the message-id dedup entries).
 //! The other entries are the planned layout for the issues that fill them (consumer groups, idempotence,
 //! transactions, queue groups); those issues may refine an entry and must update this list.
 //! `dedup_<bucket>` column families are created on demand, one per time bucket (`<bucket>` is the bucket's start
@@ -72,10 +76,12 @@
 
 mod dedup;
 mod producers;
+mod txn;
 mod values;
 
 pub use dedup::{DEDUP_BUCKET_SECS, DEDUP_BUCKETS_MAX, DEDUP_WINDOW_MS_MAX, DedupRecord};
 pub use producers::StoredProducerId;
+pub use txn::{DecidedPartition, StagedBatch, StoredTxn};
 
 use std::collections::BTreeSet;
 use std::fmt;

@@ -135,7 +135,8 @@ async fn idempotent_producers_get_a_clear_error_for_dedup_keys() {
 
     // The broker refuses a hand-built idempotent batch carrying dedup keys, and writes nothing.
     let connection = Connection::new(broker.addr.clone(), ConnectionConfig::default()).expect("connection");
-    let response = connection.request(Request::InitProducerId(InitProducerIdRequest {})).await.expect("answered");
+    let response =
+        connection.request(Request::InitProducerId(InitProducerIdRequest::default())).await.expect("answered");
     let Response::InitProducerId(init) = response else { panic!("not an InitProducerId response") };
     let batch = keyed(&["k"])
         .producer(ProducerFields {

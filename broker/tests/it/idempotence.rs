@@ -29,7 +29,8 @@ pub fn stamped(id: i64, epoch: i32, sequence: i32, values: &[&str]) -> Bytes {
 }
 
 pub async fn init(connection: &Connection) -> (i64, i32) {
-    let response = connection.request(Request::InitProducerId(InitProducerIdRequest {})).await.expect("answered");
+    let response =
+        connection.request(Request::InitProducerId(InitProducerIdRequest::default())).await.expect("answered");
     let Response::InitProducerId(response) = response else { panic!("not an InitProducerId response: {response:?}") };
     assert_eq!(response.error_code, 0, "{}", response.error_message);
     assert_eq!(response.batches_retained, 5);
@@ -103,7 +104,8 @@ async fn the_broker_refuses_new_producer_ids_over_its_limit() {
     let connection = Connection::new(broker.addr.clone(), ConnectionConfig::default()).expect("connection");
     init(&connection).await;
     init(&connection).await;
-    let response = connection.request(Request::InitProducerId(InitProducerIdRequest {})).await.expect("answered");
+    let response =
+        connection.request(Request::InitProducerId(InitProducerIdRequest::default())).await.expect("answered");
     let Response::InitProducerId(response) = response else { panic!("not an InitProducerId response") };
     assert_eq!(ferry_protocol::messages::error_code_from_wire(response.error_code), Some(ErrorCode::ProducerIdLimit));
     assert_eq!(response.producer_id, -1);

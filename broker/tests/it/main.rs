@@ -17,6 +17,8 @@
 //! - `groups`: consumer groups: a member killed among three, the delivery guarantees of the commit modes, stale
 //!   members fenced, cooperative rebalancing, static membership, committed offsets across a SIGKILL, a consumer
 //!   rejoining after a broker SIGKILL, the CLI and the lag metrics, offset expiry.
+//! - `transactions`: transactions in raw requests: commit and abort visibility, offsets in the transaction, fencing,
+//!   stale and replayed requests, timeouts, the operator's list and abort, SIGKILL recovery (with failpoints).
 //! - `harness`: an in-process test broker, the binary's client address, raw frames, metric values.
 //! - `support`: a broker child process whose stderr log lines the tests can wait for, and a tiny HTTP scraper.
 
@@ -33,3 +35,4 @@ mod idempotence;
 mod in_process;
 mod metrics;
 mod support;
+mod transactions;

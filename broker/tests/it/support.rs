@@ -23,7 +23,31 @@ pub struct BrokerProcess {
 impl BrokerProcess {
     /// Starts `ferry-broker` with text logs at `info` and the given arguments.
     pub fn start(args: &[&str]) -> BrokerProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ferry-broker"))
+        BrokerProcess::spawn(args, None)
+    }
+
+    /// Starts a broker on `data_dir` (as [`BrokerProcess::start_on`]) with one more environment variable.
+    pub fn start_with_env(data_dir: &Path, env: Option<(&str, &str)>) -> BrokerProcess {
+        let data_dir = data_dir.to_str().expect("utf-8 temp path");
+        let args = [
+            "--data-dir",
+            data_dir,
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "text",
+        ];
+        BrokerProcess::spawn(&args, env)
+    }
+
+    fn spawn(args: &[&str], env: Option<(&str, &str)>) -> BrokerProcess {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ferry-broker"));
+        if let Some((key, value)) = env {
+            command.env(key, value);
+        }
+        let mut child = command
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -46,17 +70,7 @@ impl BrokerProcess {
 
     /// Starts a broker on `data_dir` with ephemeral ports for both listeners.
     pub fn start_on(data_dir: &Path) -> BrokerProcess {
-        let data_dir = data_dir.to_str().expect("utf-8 temp path");
-        BrokerProcess::start(&[
-            "--data-dir",
-            data_dir,
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "text",
-        ])
+        BrokerProcess::start_with_env(data_dir, None)
     }
 
     /// Waits for a stderr line containing `needle` and returns it; panics with the log so far after

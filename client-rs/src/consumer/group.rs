@@ -306,6 +306,17 @@ impl Consumer {
         self.group.as_ref().map(|group| group.member_id.as_str()).filter(|id| !id.is_empty())
     }
 
+    /// The consumer's group identity for [`crate::TransactionalProducer::send_offsets`]: group id, member id and
+    /// generation; `None` without a group or before joining.
+    pub fn group_metadata(&self) -> Option<crate::GroupMetadata> {
+        let group = self.group.as_ref().filter(|group| !group.member_id.is_empty())?;
+        Some(crate::GroupMetadata {
+            group_id: group.config.group_id.clone(),
+            member_id: group.member_id.clone(),
+            generation: group.generation,
+        })
+    }
+
     /// Takes the rebalance events since the last call (at most [`REBALANCE_EVENTS_MAX`]), oldest first.
     pub fn take_events(&mut self) -> Vec<RebalanceEvent> {
         self.group.as_mut().map(|group| group.events.drain(..).collect()).unwrap_or_default()

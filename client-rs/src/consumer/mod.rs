@@ -77,6 +77,29 @@ pub enum OffsetReset {
     Error,
 }
 
+/// Which records a consumer reads, as Kafka's `isolation.level` (sent as `FetchRequest.isolation_level`).
+///
+/// With Ferry's staged transactions both levels read the same records: a transaction's records are held outside
+/// the log until it commits, and an aborted transaction's are deleted, so the log holds only committed
+/// transactional data. The setting exists for Kafka parity and future use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Isolation {
+    /// Only committed transactional records (and non-transactional ones). The default.
+    #[default]
+    ReadCommitted,
+    /// Every appended record, including those of open or aborted transactions (none, in Ferry: see above).
+    ReadUncommitted,
+}
+
+impl Isolation {
+    fn to_wire(self) -> i32 {
+        i32::from(match self {
+            Isolation::ReadCommitted => IsolationLevel::ReadCommitted,
+            Isolation::ReadUncommitted => IsolationLevel::ReadUncommitted,
+        })
+    }
+}
+
 /// Settings of a [`Consumer`].
 ///
 /// ```
@@ -104,6 +127,9 @@ pub struct ConsumerConfig {
     pub offset_reset: OffsetReset,
     /// Delay before retrying after a retriable fetch error; doubles per failure, up to 1 s. Default 100 ms.
     pub retry_backoff: Duration,
+    /// Which records to read (see [`Isolation`]: with Ferry both levels read the same records).
+    /// Default [`Isolation::ReadCommitted`].
+    pub isolation: Isolation,
     /// The connection settings.
     pub connection: ConnectionConfig,
     /// Group consumption: `None` (the default) for manual assignment with [`Consumer::assign`]; with a group, the
@@ -122,6 +148,7 @@ impl Default for ConsumerConfig {
             poll_records_max: 500,
             offset_reset: OffsetReset::Latest,
             retry_backoff: Duration::from_millis(100),
+            isolation: Isolation::ReadCommitted,
             connection: ConnectionConfig::default(),
             group: None,
         }
@@ -600,7 +627,7 @@ impl Consumer {
             wait_ms_max: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
             bytes_min: self.config.fetch_bytes_min,
             bytes_max: self.config.fetch_bytes_max,
-            isolation_level: i32::from(IsolationLevel::ReadCommitted),
+            isolation_level: self.config.isolation.to_wire(),
             topics,
         });
         let connection = self.connection.clone();
@@ -688,10 +715,8 @@ impl Consumer {
         if topics.is_empty() {
             return Ok(());
         }
-        let request = Request::ListOffsets(ListOffsetsRequest {
-            isolation_level: i32::from(IsolationLevel::ReadCommitted),
-            topics,
-        });
+        let request =
+            Request::ListOffsets(ListOffsetsRequest { isolation_level: self.config.isolation.to_wire(), topics });
         let unexpected = |reason| ClientError::UnexpectedResponse { api: ApiKey::ListOffsets, reason };
         let Response::ListOffsets(response) = self.connection.request(request).await? else {
             return Err(unexpected("not a ListOffsets response"));

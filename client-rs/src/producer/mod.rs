@@ -580,7 +580,7 @@ impl Producer {
 }
 
 /// Asks the broker for one topic's partition count.
-async fn describe_partition_count(connection: &Connection, topic: &TopicName) -> Result<u32, ClientError> {
+pub(crate) async fn describe_partition_count(connection: &Connection, topic: &TopicName) -> Result<u32, ClientError> {
     let request = Request::DescribeTopics(DescribeTopicsRequest { names: vec![topic.as_str().to_owned()] });
     let unexpected = |reason| ClientError::UnexpectedResponse { api: ApiKey::DescribeTopics, reason };
     let Response::DescribeTopics(response) = connection.request(request).await? else {

@@ -427,7 +427,9 @@ impl Worker {
         let connection = self.connection.clone();
         tracing::debug!(attempts, "requesting a producer id");
         self.in_flight.push(Box::pin(async move {
-            Finished::InitProducerId(connection.request(Request::InitProducerId(InitProducerIdRequest {})).await)
+            Finished::InitProducerId(
+                connection.request(Request::InitProducerId(InitProducerIdRequest::default())).await,
+            )
         }));
     }
 

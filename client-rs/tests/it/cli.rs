@@ -2,10 +2,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use clap::Parser;
-use ferry_client::cli::{AcksArg, Cli, CliError, Command, GroupCommand, TopicCommand, run};
+use ferry_client::cli::{AcksArg, Cli, CliError, Command, GroupCommand, IsolationArg, TopicCommand, TxnCommand, run};
 use ferry_client::partition_for_key;
+use ferry_protocol::messages::{EndTxnResponse, error_code_to_wire};
+use ferry_protocol::{ApiKey, ErrorCode, Request, Response};
 
-use crate::support::Peer;
+use crate::support::{Action, Peer};
 
 fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
     Cli::try_parse_from(std::iter::once("ferry").chain(args.iter().copied()))
@@ -116,18 +118,87 @@ fn produce_and_consume_parse_with_their_defaults() {
     assert!(parse(&["frobnicate"]).is_err());
 }
 
+#[test]
+fn transaction_flags_parse_and_conflict_with_non_transactional_modes() {
+    let Command::Produce(produce) =
+        parse(&["produce", "orders", "--transactional-id", "loader-0", "--txn-size", "100"]).expect("valid").command
+    else {
+        panic!("produce")
+    };
+    assert_eq!((produce.transactional_id.as_deref(), produce.txn_size), (Some("loader-0"), Some(100)));
+    assert!(parse(&["produce", "orders", "--txn-size", "100"]).is_err(), "--txn-size needs --transactional-id");
+    assert!(parse(&["produce", "orders", "--transactional-id", "t", "--txn-size", "0"]).is_err());
+    assert!(parse(&["produce", "orders", "--transactional-id", "t", "--acks", "none"]).is_err());
+    assert!(parse(&["produce", "orders", "--transactional-id", "t", "--dedup-key-separator", ":"]).is_err());
+
+    let Command::Consume(consume) = parse(&["consume", "orders"]).expect("valid").command else { panic!("consume") };
+    assert_eq!(consume.isolation, IsolationArg::ReadCommitted);
+    let cli = parse(&["consume", "orders", "--isolation", "read-uncommitted"]).expect("valid");
+    assert!(matches!(cli.command, Command::Consume(consume) if consume.isolation == IsolationArg::ReadUncommitted));
+    assert!(parse(&["consume", "orders", "--isolation", "serializable"]).is_err());
+
+    assert!(matches!(parse(&["txn", "list"]).expect("valid").command, Command::Txn(TxnCommand::List)));
+    let cli = parse(&["txn", "abort", "loader-0"]).expect("valid");
+    assert!(matches!(cli.command, Command::Txn(TxnCommand::Abort { id }) if id == "loader-0"));
+    assert!(parse(&["txn", "abort"]).is_err(), "an id is required");
+}
+
 #[tokio::test]
-async fn transaction_flags_are_rejected_as_not_supported_yet() {
-    for args in [
-        &["consume", "orders", "--isolation", "read-committed"][..],
-        &["produce", "orders", "--transactional-id", "t"],
-        &["txn", "abort", "t"],
-    ] {
-        let cli = parse(args).expect("parsed, to be rejected when run");
-        let error = run(cli, &b""[..], tokio::io::sink(), tokio::io::sink()).await.expect_err("not supported");
-        assert!(matches!(error, CliError::NotSupported { .. }), "{args:?}: {error:?}");
-        assert!(error.to_string().contains("not supported yet"), "{error}");
-    }
+async fn transactional_produce_commits_every_txn_size_lines() {
+    let peer = Peer::start().await;
+    peer.create_topic("lines", 2);
+    let input: String = (0..25).map(|line_idx| format!("line {line_idx}\n")).collect();
+    let mut stderr = Vec::new();
+    let args = ["--broker", &peer.addr, "produce", "lines", "--transactional-id", "loader-0", "--txn-size", "10"];
+    run(parse(&args).expect("valid"), input.as_bytes(), tokio::io::sink(), &mut stderr).await.expect("committed");
+    let stderr = String::from_utf8_lossy(&stderr);
+    assert!(stderr.contains("25 of 25 records committed"), "{stderr}");
+    // 10 + 10 + 5 lines: three transactions, each ended once.
+    let ends: Vec<u64> = peer
+        .requests(ApiKey::EndTxn)
+        .into_iter()
+        .map(|request| match request {
+            Request::EndTxn(end) if end.commit => end.transaction,
+            other => panic!("a commit, not {other:?}"),
+        })
+        .collect();
+    assert_eq!(ends, vec![0, 1, 2]);
+    let n_stored: usize = (0..2).map(|partition| peer.records("lines", partition).len()).sum();
+    assert_eq!(n_stored, 25);
+}
+
+#[tokio::test]
+async fn transactional_produce_exits_with_an_error_when_a_commit_is_refused() {
+    let peer = Peer::start().await;
+    peer.create_topic("lines", 1);
+    peer.set_hook(|request, _| match request {
+        Request::EndTxn(_) => Action::Respond(Response::EndTxn(EndTxnResponse {
+            error_code: error_code_to_wire(ErrorCode::TransactionAborted),
+            ..EndTxnResponse::default()
+        })),
+        _ => Action::Model,
+    });
+    let mut stderr = Vec::new();
+    let args = ["--broker", &peer.addr, "produce", "lines", "--transactional-id", "loader-0"];
+    let error = run(parse(&args).expect("valid"), &b"a\nb\n"[..], tokio::io::sink(), &mut stderr)
+        .await
+        .expect_err("not committed");
+    assert!(matches!(error, CliError::Uncommitted { n_committed: 0, n_lines: 2, .. }), "{error:?}");
+    assert!(String::from_utf8_lossy(&stderr).contains("0 of 2 records committed"));
+}
+
+#[tokio::test]
+async fn txn_list_prints_a_header_and_txn_abort_reports_nothing_open() {
+    let peer = Peer::start().await;
+    let mut stdout = Vec::new();
+    run(parse(&["--broker", &peer.addr, "txn", "list"]).expect("valid"), &b""[..], &mut stdout, tokio::io::sink())
+        .await
+        .expect("listed");
+    assert!(String::from_utf8_lossy(&stdout).starts_with("TRANSACTIONAL_ID\tPRODUCER_ID"));
+    let mut stderr = Vec::new();
+    let abort = parse(&["--broker", &peer.addr, "txn", "abort", "loader-0"]).expect("valid");
+    run(abort, &b""[..], tokio::io::sink(), &mut stderr).await.expect("answered");
+    assert!(String::from_utf8_lossy(&stderr).contains("loader-0 has no open transaction"));
 }
 
 #[tokio::test]

@@ -15,3 +15,4 @@ mod consumer;
 mod idempotence;
 mod producer;
 mod support;
+mod transaction;

@@ -9,12 +9,12 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use ferry_protocol::batch::split_batches;
 use ferry_protocol::messages::{
-    ApiVersionsResponse, BrokerLimits, CreateTopicResult, CreateTopicsResponse, DeleteTopicResult,
-    DeleteTopicsResponse, DescribeTopicsResponse, FetchPartitionResponse, FetchRequest, FetchResponse,
+    AbortTxnResponse, ApiVersionsResponse, BrokerLimits, CreateTopicResult, CreateTopicsResponse, DeleteTopicResult,
+    DeleteTopicsResponse, DescribeTopicsResponse, EndTxnResponse, FetchPartitionResponse, FetchRequest, FetchResponse,
     FetchTopicResponse, InitProducerIdResponse, ListOffsetsPartitionResponse, ListOffsetsResponse,
-    ListOffsetsTopicResponse, ListTopicsResponse, ListedTopic, OffsetSpec, PartitionDescription,
+    ListOffsetsTopicResponse, ListTopicsResponse, ListTxnsResponse, ListedTopic, OffsetSpec, PartitionDescription,
     ProducePartitionResponse, ProduceRequest, ProduceResponse, ProduceTopicResponse, TopicDescription,
-    error_code_to_wire, supported_api_versions,
+    TxnOffsetCommitResponse, TxnProduceResponse, error_code_to_wire, supported_api_versions,
 };
 use ferry_protocol::{ApiKey, BatchBuilder, ErrorCode, FrameCodec, FrameHeader, NewRecord, Request, Response};
 use futures_util::StreamExt;
@@ -99,6 +99,9 @@ pub struct Model {
     pub limits: BrokerLimits,
     /// Producer ids handed out by InitProducerId (the model does no dedup: it is the client's logic under test).
     pub producer_ids_issued: u32,
+    /// The open transaction's staged batches, as (topic, partition, records), in arrival order. The model trusts the
+    /// client: it checks no ids or numbers (the broker's own tests do), and EndTxn(commit) appends these.
+    pub txn_staged: Vec<(String, u32, Bytes)>,
 }
 
 pub struct PeerState {
@@ -139,7 +142,12 @@ impl Peer {
         let (forward, forwarded) = mpsc::channel(1024);
         let shared = Arc::new(Shared {
             state: Mutex::new(PeerState {
-                model: Model { topics: BTreeMap::new(), limits: default_limits(), producer_ids_issued: 0 },
+                model: Model {
+                    topics: BTreeMap::new(),
+                    limits: default_limits(),
+                    producer_ids_issued: 0,
+                    txn_staged: Vec::new(),
+                },
                 log: Vec::new(),
                 n_connections: 0,
                 hook: None,
@@ -312,6 +320,7 @@ impl Model {
                     producer_epoch: 0,
                     producer_id_expiration_ms: 24 * 3600 * 1000,
                     batches_retained: 5,
+                    transaction_timeout_ms: 60_000,
                 }))
             }
             Request::ApiVersions(_) => Reply::Now(Response::ApiVersions(ApiVersionsResponse {
@@ -431,6 +440,47 @@ impl Model {
                     .collect();
                 Reply::Now(Response::ListOffsets(ListOffsetsResponse { error_code: 0, topics }))
             }
+            Request::TxnProduce(request) => {
+                let mut topics = Vec::new();
+                for topic in &request.topics {
+                    let mut partitions = Vec::new();
+                    for partition in &topic.partitions {
+                        let error_code = if self.partition_mut(&topic.name, partition.partition).is_some() {
+                            self.txn_staged.push((topic.name.clone(), partition.partition, partition.records.clone()));
+                            0
+                        } else {
+                            code(ErrorCode::UnknownTopicOrPartition)
+                        };
+                        partitions.push(ProducePartitionResponse {
+                            partition: partition.partition,
+                            error_code,
+                            ..ProducePartitionResponse::default()
+                        });
+                    }
+                    topics.push(ProduceTopicResponse { name: topic.name.clone(), partitions });
+                }
+                Reply::Now(Response::TxnProduce(TxnProduceResponse { topics, ..TxnProduceResponse::default() }))
+            }
+            Request::TxnOffsetCommit(_) => Reply::Now(Response::TxnOffsetCommit(TxnOffsetCommitResponse::default())),
+            Request::EndTxn(request) => {
+                let staged = std::mem::take(&mut self.txn_staged);
+                let mut topics: Vec<ProduceTopicResponse> = Vec::new();
+                if request.commit {
+                    for (topic, partition, records) in staged {
+                        let appended = self.append(&topic, partition, records);
+                        match topics.iter_mut().find(|t| t.name == topic) {
+                            Some(existing) => match existing.partitions.iter_mut().find(|p| p.partition == partition) {
+                                Some(found) => found.last_offset = appended.last_offset,
+                                None => existing.partitions.push(appended),
+                            },
+                            None => topics.push(ProduceTopicResponse { name: topic, partitions: vec![appended] }),
+                        }
+                    }
+                }
+                Reply::Now(Response::EndTxn(EndTxnResponse { topics, ..EndTxnResponse::default() }))
+            }
+            Request::ListTxns(_) => Reply::Now(Response::ListTxns(ListTxnsResponse::default())),
+            Request::AbortTxn(_) => Reply::Now(Response::AbortTxn(AbortTxnResponse::default())),
             // The test peer does not coordinate groups (the broker's own tests do).
             Request::JoinGroup(_)
             | Request::Heartbeat(_)

@@ -277,7 +277,7 @@ fn decoded_body_is_a_slice_of_the_receive_buffer() {
 
 #[test]
 fn api_keys_are_stable() {
-    let expected: [(u16, &str); 16] = [
+    let expected: [(u16, &str); 21] = [
         (0, "api_versions"),
         (1, "create_topics"),
         (2, "delete_topics"),
@@ -294,6 +294,11 @@ fn api_keys_are_stable() {
         (24, "offset_fetch"),
         (25, "list_groups"),
         (26, "describe_groups"),
+        (40, "txn_produce"),
+        (41, "txn_offset_commit"),
+        (42, "end_txn"),
+        (43, "list_txns"),
+        (44, "abort_txn"),
     ];
     assert_eq!(ApiKey::ALL.len(), expected.len());
     for (api, (key, name)) in ApiKey::ALL.into_iter().zip(expected) {
