@@ -31,7 +31,9 @@
 //! Every request names (transactional id, producer id, epoch, transaction number). `InitProducerId` with the
 //! transactional id bumps the epoch (fencing the previous instance: `PRODUCER_FENCED` for its requests), finishes a
 //! decided commit of the previous instance and aborts its open transaction. Transaction numbers count from 0 within
-//! an epoch; a request for any transaction but the open one (or, with none open, the next) changes nothing and gets
+//! an epoch; a request for any transaction but the open one (or, with none open, a number not used yet: the producer
+//! skips numbers of transactions that ended before reaching the broker, and an abort of such a number uses it up)
+//! changes nothing and gets
 //! `INVALID_TXN_STATE`, or `TRANSACTION_ABORTED` for a transaction that was aborted. So a delayed TxnProduce or EndTxn
 //! of transaction N can never add to, commit or abort transaction N+1 (the Bufstream anomaly), and a retried EndTxn
 //! of an ended transaction gets the outcome it had.
@@ -562,7 +564,9 @@ impl Transactions {
                 return Ok(());
             }
             Some(_) => return Err(Self::not_open(entry, number)),
-            None if number != entry.stored.next => return Err(Self::not_open(entry, number)),
+            // Numbers only grow within an epoch; the producer skips those of transactions the broker never heard of
+            // (nothing was sent before they ended), so any number from the next one on may begin.
+            None if number < entry.stored.next => return Err(Self::not_open(entry, number)),
             None => {}
         }
         if self.open.load(Ordering::Relaxed) >= self.config.open_max as usize {
@@ -759,13 +763,25 @@ impl Transactions {
             None => match entry.stored.last {
                 // A retry of an EndTxn that was applied: the same outcome (without the offsets).
                 Some((last, committed)) if last == number && committed == commit => Ok(Vec::new()),
-                // An abort of a transaction that never began (nothing was staged), or one that was aborted.
-                _ if !commit && (number == entry.stored.next || entry.stored.last == Some((number, false))) => {
+                // A retried abort of an aborted transaction.
+                Some((last, false)) if !commit && last == number => Ok(Vec::new()),
+                // An abort of a transaction that never began here (nothing reached the broker, or the request that
+                // would have begun it was refused): its number is used up, so a delayed request of it is refused.
+                _ if !commit && number >= entry.stored.next => {
+                    let mut stored = entry.stored.clone();
+                    stored.last = Some((number, false));
+                    stored.next = number + 1;
+                    let meta = Arc::clone(&self.meta);
+                    let id = entry.id.clone();
+                    let to_store = stored.clone();
+                    blocking(move || meta.put_transaction(&id, &to_store)).await?;
+                    entry.stored = stored;
+                    entry.last_abort = Some(AbortReason::Requested);
                     Ok(Vec::new())
                 }
                 // A commit of a transaction the broker holds nothing for: it cannot tell an empty transaction from
                 // one whose staging a restart dropped, so it refuses rather than commit part of one.
-                _ if number == entry.stored.next => {
+                _ if number >= entry.stored.next => {
                     Err(TxnError::Aborted { transaction: number, reason: AbortReason::Restart })
                 }
                 _ => Err(Self::not_open(entry, number)),

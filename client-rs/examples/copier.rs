@@ -44,8 +44,9 @@ async fn main() -> anyhow::Result<()> {
                 eprintln!("another copier with this transactional id took over; stopping");
                 break;
             }
-            Err(error) if error.is_transaction_aborted() => {
-                // Nothing of the transaction is visible: read the same records again and redo the work.
+            Err(error) if error.is_transaction_aborted() || error.is_group_changed() => {
+                // Nothing of the transaction is visible: read the same records again and redo the work. After a
+                // rebalance the next poll rejoins the group, and partitions lost meanwhile are the new owner's.
                 eprintln!("transaction aborted ({error}); processing the records again");
                 producer.abort().await?;
                 rewind(&mut consumer, &records);

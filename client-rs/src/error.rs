@@ -268,6 +268,31 @@ impl ClientError {
         matches!(self.error_code(), Some(ErrorCode::TransactionAborted | ErrorCode::InvalidTxnState))
     }
 
+    /// Whether the consumer group moved on since the offsets were consumed (a rebalance): `STALE_GENERATION`,
+    /// `UNKNOWN_MEMBER`, `NOT_ASSIGNED` or `REBALANCE_IN_PROGRESS` from [`crate::TransactionalProducer::send_offsets`]
+    /// or from the commit of a transaction carrying offsets.
+    ///
+    /// The partitions may belong to another member now: call [`crate::TransactionalProducer::abort`], seek back to
+    /// the last committed offsets and poll again (the poll rejoins the group), then redo the work.
+    ///
+    /// ```
+    /// # use ferry_client::ClientError;
+    /// # use ferry_protocol::ErrorCode;
+    /// assert!(ClientError::Broker { code: ErrorCode::StaleGeneration, message: String::new() }.is_group_changed());
+    /// assert!(!ClientError::Closed.is_group_changed());
+    /// ```
+    pub fn is_group_changed(&self) -> bool {
+        matches!(
+            self.error_code(),
+            Some(
+                ErrorCode::StaleGeneration
+                    | ErrorCode::UnknownMember
+                    | ErrorCode::NotAssigned
+                    | ErrorCode::RebalanceInProgress
+            )
+        )
+    }
+
     /// The error for a non-zero `error_code` field of a response, with its message.
     pub(crate) fn from_wire(error_code: u32, message: &str) -> ClientError {
         match ferry_protocol::messages::error_code_from_wire(error_code) {

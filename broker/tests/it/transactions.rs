@@ -310,7 +310,7 @@ async fn a_delayed_or_replayed_request_never_changes_a_newer_transaction() {
     assert_eq!(code(late_abort.error_code), Some(ErrorCode::InvalidTxnState), "{}", late_abort.error_message);
     let late_commit = txn.end(0, true).await;
     assert_eq!(code(late_commit.error_code), Some(ErrorCode::InvalidTxnState));
-    // A request that skips ahead is refused too.
+    // A request for a later transaction while one is open is refused too.
     let ahead = txn.send(5, "txn-stale", 0, 0, &["t5"]).await;
     assert_eq!(code(ahead.error_code), Some(ErrorCode::InvalidTxnState));
     let listed = list_txns(&broker.addr).await;
@@ -457,4 +457,23 @@ async fn a_crash_right_after_the_decision_still_commits_everything() {
     assert_eq!(values(&addr, "txn-decided", 2).await, vec![vec!["x"], vec!["y"]]);
     assert_eq!(committed_offset(&addr, "grp", "txn-decided-in", 0).await, Some(7));
     drop(broker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numbers_of_transactions_the_broker_never_saw_are_skipped_and_an_abort_uses_one_up() {
+    let broker = TestBroker::start().await;
+    broker.create_topic("txn-skip", 1, &[]).await;
+    let txn = Txn::init(&broker.addr, "skip", 0).await;
+    // Transaction 0 ended in the client before anything reached the broker (an empty commit): 1 may begin.
+    txn.send_ok(1, "txn-skip", 0, 0, &["t1"]).await;
+    assert_eq!(txn.end(1, true).await.error_code, 0);
+    // Transaction 2's first request was refused (say, its offsets by the group check); the client aborts it.
+    assert_eq!(txn.end(2, false).await.error_code, 0);
+    // The abort used number 2 up: a delayed TxnProduce of it cannot begin it afterwards.
+    let late = txn.send(2, "txn-skip", 0, 0, &["t2-late"]).await;
+    assert_eq!(code(late.error_code), Some(ErrorCode::TransactionAborted), "{}", late.error_message);
+    txn.send_ok(3, "txn-skip", 0, 0, &["t3"]).await;
+    assert_eq!(txn.end(3, true).await.error_code, 0);
+    assert_eq!(values(&broker.addr, "txn-skip", 1).await, vec![vec!["t1", "t3"]]);
+    broker.stop().await;
 }
