@@ -25,6 +25,7 @@
 mod bad_input;
 mod binary;
 mod chaos;
+mod copier;
 mod crash;
 mod dedup;
 mod end_to_end;
