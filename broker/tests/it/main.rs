@@ -37,3 +37,4 @@ mod in_process;
 mod metrics;
 mod support;
 mod transactions;
+mod transfer;
