@@ -12,6 +12,8 @@
 //! ```text
 //! cargo run --release -p ferry-bench --bin ferry-bench -- produce --messages 1000000 --message-size 100
 //! cargo run --release -p ferry-bench --bin ferry-bench -- latency --messages 10000
+//! cargo run --release -p ferry-bench --bin ferry-bench -- produce --messages 200000 --idempotent
+//! cargo run --release -p ferry-bench --bin ferry-bench -- produce --messages 200000 --transactional --txn-size 1000
 //! ```
 //!
 //! The topic is created with `--partitions` partitions if it does not exist. `--json` prints one JSON object with
@@ -27,7 +29,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use clap::{Parser, ValueEnum};
 use ferry_client::{
     Acks, Admin, ClientError, ConnectionConfig, Consumer, ConsumerConfig, Producer, ProducerConfig, ProducerRecord,
-    SeekTo,
+    SeekTo, TransactionalConfig, TransactionalProducer,
 };
 use ferry_protocol::ErrorCode;
 use hdrhistogram::Histogram;
@@ -75,9 +77,13 @@ struct Cli {
     /// and without it can be compared.
     #[arg(long)]
     idempotent: bool,
-    /// Transactional producer (arrives with the transactions issue).
+    /// Transactional producers (`produce` only): each producer commits every `--txn-size` records as one
+    /// transaction; latency is from a record's `send` to its transaction's commit being answered.
     #[arg(long)]
     transactional: bool,
+    /// Records per transaction with `--transactional`.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    txn_size: u64,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -108,8 +114,8 @@ struct Outcome {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if cli.transactional {
-        bail!("--transactional is not supported yet: it arrives with the transaction issue");
+    if cli.transactional && (cli.scenario != Scenario::Produce || cli.warmup != 0 || cli.acks == AcksArg::None) {
+        bail!("--transactional works with the produce scenario, --acks all and no --warmup");
     }
     if cli.idempotent && cli.acks == AcksArg::None {
         bail!("--idempotent needs --acks all");
@@ -121,6 +127,7 @@ async fn main() -> anyhow::Result<()> {
     let progress = Arc::new(AtomicU64::new(0));
     let reporter = tokio::spawn(report_progress(Arc::clone(&progress), cli.messages));
     let outcome = match cli.scenario {
+        Scenario::Produce if cli.transactional => produce_transactional(&cli, Arc::clone(&progress)).await?,
         Scenario::Produce => produce(&cli, cli.producers, cli.messages, Arc::clone(&progress)).await?,
         Scenario::Latency => produce_one_at_a_time(&cli, Arc::clone(&progress)).await?,
         Scenario::Consume => consume(&cli, Arc::clone(&progress)).await?,
@@ -222,6 +229,50 @@ async fn produce(cli: &Cli, producers: usize, messages: u64, progress: Arc<Atomi
     }
     let sent = per_producer * producers as u64;
     Ok(Outcome { messages: sent, bytes: sent * cli.message_size as u64, elapsed, latency_us })
+}
+
+/// `--producers` transactional producers, each committing every `--txn-size` records.
+async fn produce_transactional(cli: &Cli, progress: Arc<AtomicU64>) -> anyhow::Result<Outcome> {
+    let per_producer = cli.messages.div_ceil(cli.producers as u64);
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(cli.producers);
+    for producer_idx in 0..cli.producers {
+        let config = TransactionalConfig {
+            batch_bytes_max: cli.batch_bytes as usize,
+            ..TransactionalConfig::new(format!("ferry-bench-{producer_idx}"))
+        };
+        let mut producer = TransactionalProducer::connect(cli.broker.clone(), config).await?;
+        let (topic, size, txn_size, progress) =
+            (cli.topic.clone(), cli.message_size, cli.txn_size, Arc::clone(&progress));
+        tasks.push(tokio::spawn(async move {
+            let mut latency_us = Histogram::<u64>::new(3)?;
+            let mut sent_at = Vec::with_capacity(txn_size as usize);
+            let mut record_idx = 0;
+            while record_idx < per_producer {
+                producer.begin()?;
+                sent_at.clear();
+                while record_idx < per_producer && (sent_at.len() as u64) < txn_size {
+                    let key = format!("{producer_idx}-{record_idx}");
+                    sent_at.push(Instant::now());
+                    producer.send(ProducerRecord::new(topic.clone(), value(size, now_us())).with_key(key)).await?;
+                    record_idx += 1;
+                }
+                producer.commit().await.context("a transaction did not commit")?;
+                for sent in &sent_at {
+                    latency_us.record(sent.elapsed().as_micros() as u64)?;
+                }
+                progress.fetch_add(sent_at.len() as u64, Ordering::Relaxed);
+            }
+            producer.close().await;
+            anyhow::Ok(latency_us)
+        }));
+    }
+    let mut latency_us = Histogram::<u64>::new(3)?;
+    for task in tasks {
+        latency_us.add(task.await??)?;
+    }
+    let sent = per_producer * cli.producers as u64;
+    Ok(Outcome { messages: sent, bytes: sent * cli.message_size as u64, elapsed: started.elapsed(), latency_us })
 }
 
 async fn delivery_result(delivery: ferry_client::DeliveryFuture) -> anyhow::Result<ferry_client::RecordMetadata> {
@@ -359,7 +410,7 @@ fn print_outcome(cli: &Cli, outcome: &Outcome) {
             "{{\"scenario\":\"{scenario}\",\"messages\":{},\"seconds\":{seconds:.3},\"messages_per_sec\":{messages_per_sec:.1},\
              \"mb_per_sec\":{mb_per_sec:.2},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"max_ms\":{:.3},\
              \"partitions\":{},\"producers\":{},\"consumers\":{},\"message_size\":{},\"batch_bytes\":{},\"linger_ms\":{},\
-             \"acks\":\"{acks}\",\"idempotent\":{},\"warmup\":{},\"cores\":{cores}}}",
+             \"acks\":\"{acks}\",\"idempotent\":{},\"transactional\":{},\"warmup\":{},\"cores\":{cores}}}",
             outcome.messages,
             ms(0.5),
             ms(0.99),
@@ -372,19 +423,21 @@ fn print_outcome(cli: &Cli, outcome: &Outcome) {
             cli.batch_bytes,
             cli.linger_ms,
             cli.idempotent,
+            cli.transactional,
             cli.warmup,
         );
         return;
     }
     println!(
         "ferry-bench {scenario}: {} records of {} B, {} partitions, {} producers, {} consumers, acks={acks}, \
-         idempotent={}, linger {} ms, batch {} B, {cores} cores",
+         idempotent={}, transactional={}, linger {} ms, batch {} B, {cores} cores",
         outcome.messages,
         cli.message_size,
         cli.partitions,
         cli.producers,
         cli.consumers,
         cli.idempotent,
+        cli.transactional,
         cli.linger_ms,
         cli.batch_bytes
     );
@@ -410,6 +463,7 @@ fn print_outcome(cli: &Cli, outcome: &Outcome) {
         cli.batch_bytes,
         cli.linger_ms,
         cli.warmup,
-        if cli.idempotent { " --idempotent" } else { "" }
+        if cli.idempotent { " --idempotent".to_owned() } else { String::new() }
+            + &if cli.transactional { format!(" --transactional --txn-size {}", cli.txn_size) } else { String::new() }
     );
 }
