@@ -4,6 +4,7 @@
 //! recovery after SIGKILL of the real binary (open transactions aborted; a decided commit finished, also when the
 //! crash came in the middle of its apply).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,9 +15,10 @@ use ferry_protocol::messages::{
     OffsetCommitPartition, OffsetCommitTopic, OffsetFetchRequest, ProducePartition, ProduceTopic, TopicPartitions,
     TxnOffsetCommitRequest, TxnProduceRequest, TxnProduceResponse, error_code_from_wire,
 };
-use ferry_protocol::{BatchBuilder, ErrorCode, NewRecord, Request, Response};
+use ferry_protocol::{ApiKey, BatchBuilder, ErrorCode, NewRecord, Request, Response};
 
 use crate::chaos::read_all;
+use crate::fault_proxy::{FaultPlan, FaultProxy};
 use crate::harness::{TestBroker, eventually, metric};
 use crate::idempotence::{produce, stamped};
 use crate::support::BrokerProcess;
@@ -475,5 +477,91 @@ async fn numbers_of_transactions_the_broker_never_saw_are_skipped_and_an_abort_u
     txn.send_ok(3, "txn-skip", 0, 0, &["t3"]).await;
     assert_eq!(txn.end(3, true).await.error_code, 0);
     assert_eq!(values(&broker.addr, "txn-skip", 1).await, vec![vec!["t1", "t3"]]);
+    broker.stop().await;
+}
+
+/// A transactional producer through the fault proxy with short timeouts, so that dropped, delayed, duplicated and
+/// reset frames make it retry (and delayed frames arrive after their retries).
+async fn producer_through(addr: &str, id: &str) -> ferry_client::TransactionalProducer {
+    let mut config = ferry_client::TransactionalConfig::new(id);
+    config.request_timeout = Duration::from_millis(800);
+    config.retry_backoff = Duration::from_millis(20);
+    loop {
+        match ferry_client::TransactionalProducer::connect(addr, config.clone()).await {
+            Ok(producer) => return producer,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_fault_proxy_old_frames_never_change_a_newer_transaction() {
+    let broker = TestBroker::start().await;
+    broker.create_topic("txn-faults", 2, &[]).await;
+    let upstream: std::net::SocketAddr = broker.addr.parse().expect("broker address");
+    let proxy = FaultProxy::start(upstream, FaultPlan::none()).await;
+    let addr = proxy.addr().to_string();
+    // Per transaction: Some(true) committed, Some(false) aborted, None: the producer got an error (outcome unknown).
+    let mut outcomes: BTreeMap<String, Option<bool>> = BTreeMap::new();
+    for (round, api) in [ApiKey::TxnProduce, ApiKey::EndTxn].into_iter().enumerate() {
+        let plan = FaultPlan {
+            api: Some(api),
+            delay_max: Duration::from_millis(1500),
+            ..FaultPlan::uniform(round as u64 + 11, 0.06)
+        };
+        proxy.set_plan(plan);
+        let mut producer = producer_through(&addr, "faulty").await;
+        for txn in 0..40 {
+            let id = format!("r{round}-t{txn}");
+            let result: Result<bool, ClientError> = async {
+                producer.begin()?;
+                for idx in 0..4u32 {
+                    let record = ferry_client::ProducerRecord::new("txn-faults", format!("{id}-{idx}"));
+                    producer.send(record.with_partition(idx % 2)).await?;
+                }
+                if txn % 4 == 3 {
+                    producer.abort().await.map(|()| false)
+                } else {
+                    producer.commit().await.map(|_| true)
+                }
+            }
+            .await;
+            match result {
+                Ok(committed) => {
+                    outcomes.insert(id, Some(committed));
+                }
+                Err(_) => {
+                    outcomes.insert(id, None);
+                    // A new instance fences this one and settles its transaction.
+                    producer = producer_through(&addr, "faulty").await;
+                }
+            }
+        }
+        producer.close().await;
+    }
+    let counts = proxy.counts();
+    proxy.stop().await;
+    assert!(counts.faults() >= 5, "the proxy injected faults: {counts:?}");
+    assert!(counts.frames_delayed + counts.requests_duplicated > 0, "old frames arrived late or twice: {counts:?}");
+
+    let mut copies: BTreeMap<String, usize> = BTreeMap::new();
+    for value in values(&broker.addr, "txn-faults", 2).await.into_iter().flatten() {
+        let (id, _) = value.rsplit_once('-').expect("ID-IDX");
+        *copies.entry(id.to_owned()).or_default() += 1;
+    }
+    for (id, outcome) in &outcomes {
+        let seen = copies.get(id).copied().unwrap_or(0);
+        match outcome {
+            Some(true) => assert_eq!(seen, 4, "committed transaction {id}: all of it, once"),
+            Some(false) => assert_eq!(seen, 0, "aborted transaction {id}: none of it"),
+            None => {
+                assert!(seen == 0 || seen == 4, "transaction {id} of unknown outcome: all or nothing, once ({seen})")
+            }
+        }
+    }
+    assert!(copies.keys().all(|id| outcomes.contains_key(id)), "nothing but the transactions sent");
+    let committed = outcomes.values().filter(|outcome| **outcome == Some(true)).count();
+    assert!(committed >= 30, "most transactions committed despite the faults: {committed} of {}", outcomes.len());
+    eprintln!("fault-proxy transactions: {} sent, {committed} committed, {counts:?}", outcomes.len());
     broker.stop().await;
 }
