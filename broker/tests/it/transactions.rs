@@ -565,3 +565,49 @@ async fn through_the_fault_proxy_old_frames_never_change_a_newer_transaction() {
     eprintln!("fault-proxy transactions: {} sent, {committed} committed, {counts:?}", outcomes.len());
     broker.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferry_produce_with_a_transactional_id_commits_every_txn_size_lines_and_nothing_of_a_killed_run() {
+    use clap::Parser as _;
+    use tokio::io::AsyncWriteExt as _;
+
+    let broker = TestBroker::start().await;
+    broker.create_topic("cli-lines", 2, &[]).await;
+    let cli = |lines: &str| {
+        let args = ["ferry", "--broker", &broker.addr, "produce", "cli-lines", "--transactional-id", "loader"];
+        ferry_client::cli::Cli::try_parse_from(args.into_iter().chain(["--txn-size", lines])).expect("valid flags")
+    };
+    let visible = || async {
+        let mut lines: Vec<String> = values(&broker.addr, "cli-lines", 2).await.into_iter().flatten().collect();
+        lines.sort();
+        lines
+    };
+    // A run killed after 15 lines of stdin: its first transaction (10 lines) is committed, its second never.
+    let (mut stdin, stdin_reader) = tokio::io::duplex(64 * 1024);
+    let input: String = (0..15).map(|idx| format!("a{idx:02}\n")).collect();
+    stdin.write_all(input.as_bytes()).await.expect("stdin");
+    let killed = tokio::spawn(ferry_client::cli::run(
+        cli("10"),
+        tokio::io::BufReader::new(stdin_reader),
+        tokio::io::sink(),
+        tokio::io::sink(),
+    ));
+    eventually("the first transaction is visible", || async { visible().await.len() == 10 }).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    killed.abort();
+    let _ = killed.await;
+    let expected: Vec<String> = (0..10).map(|idx| format!("a{idx:02}")).collect();
+    assert_eq!(visible().await, expected, "the killed run's open transaction stays invisible");
+
+    // A new run with the same transactional id fences the killed one and commits all of its stdin (one transaction).
+    let input: String = (0..5).map(|idx| format!("b{idx:02}\n")).collect();
+    let mut stderr = Vec::new();
+    ferry_client::cli::run(cli("100"), input.as_bytes(), tokio::io::sink(), &mut stderr).await.expect("committed");
+    assert!(String::from_utf8_lossy(&stderr).contains("5 of 5 records committed"));
+    let mut expected = expected;
+    expected.extend((0..5).map(|idx| format!("b{idx:02}")));
+    assert_eq!(visible().await, expected);
+    assert!(list_txns(&broker.addr).await.transactions.is_empty(), "the killed run's transaction was aborted");
+    drop(stdin);
+    broker.stop().await;
+}
