@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use ferry_client::{
     ClientError, CommitMode, Consumer, ConsumerConfig, ConsumerRecord, GroupConfig, GroupMetadata, OffsetReset,
-    ProducerRecord, SeekTo, TransactionalConfig, TransactionalProducer,
+    ProducerRecord, TransactionalConfig, TransactionalProducer,
 };
 
 #[tokio::main]
@@ -49,7 +49,7 @@ async fn main() -> anyhow::Result<()> {
                 // rebalance the next poll rejoins the group, and partitions lost meanwhile are the new owner's.
                 eprintln!("transaction aborted ({error}); processing the records again");
                 producer.abort().await?;
-                rewind(&mut consumer, &records);
+                consumer.rewind(&records);
             }
             Err(error) => return Err(error.into()),
         }
@@ -80,16 +80,4 @@ async fn copy(
     producer.send_offsets(group, &offsets).await?;
     producer.commit().await?;
     Ok(())
-}
-
-/// Moves each partition back to the first record of `records`, the offset its last transaction committed.
-fn rewind(consumer: &mut Consumer, records: &[ConsumerRecord]) {
-    let mut first = BTreeMap::new();
-    for record in records {
-        first.entry((record.topic.to_string(), record.partition)).or_insert(record.offset);
-    }
-    for ((topic, partition), offset) in first {
-        // A partition lost in a rebalance since is not ours to rewind: its new owner starts at the committed offset.
-        let _ = consumer.seek(&topic, partition, SeekTo::Offset(offset));
-    }
 }

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use ferry_client::{
-    Admin, ClientError, CommitMode, ConnectionConfig, Consumer, ConsumerConfig, ConsumerRecord, GroupConfig, Isolation,
-    OffsetReset, Producer, ProducerConfig, ProducerRecord, SeekTo, TransactionalConfig, TransactionalProducer,
+    Admin, ClientError, CommitMode, ConnectionConfig, Consumer, ConsumerConfig, GroupConfig, Isolation, OffsetReset,
+    Producer, ProducerConfig, ProducerRecord, SeekTo, TransactionalConfig, TransactionalProducer,
 };
 
 use crate::chaos::driver::ChaosBroker;
@@ -76,7 +76,7 @@ async fn copy_until_error(addr: &str, id: &str, stop: &AtomicBool) -> Result<(),
             Ok(()) => {}
             Err(error) if error.is_transaction_aborted() || error.is_group_changed() => {
                 producer.abort().await?;
-                rewind(&mut consumer, &records);
+                consumer.rewind(&records);
             }
             Err(error) => return Err(error),
         }
@@ -84,17 +84,6 @@ async fn copy_until_error(addr: &str, id: &str, stop: &AtomicBool) -> Result<(),
     producer.close().await;
     consumer.close().await;
     Ok(())
-}
-
-/// Moves each partition back to the first of `records`: the offset the last committed transaction stored.
-fn rewind(consumer: &mut Consumer, records: &[ConsumerRecord]) {
-    let mut first = BTreeMap::new();
-    for record in records {
-        first.entry((record.topic.to_string(), record.partition)).or_insert(record.offset);
-    }
-    for ((topic, partition), offset) in first {
-        let _ = consumer.seek(&topic, partition, SeekTo::Offset(offset));
-    }
 }
 
 /// Reads the output with read-committed isolation for the whole run, surviving broker restarts; returns every value

@@ -420,6 +420,20 @@ impl Consumer {
         }
     }
 
+    /// Moves each partition of `records` back to the first of them, so that the next polls return them again: after
+    /// a transaction that carried their offsets was aborted, this is where its last committed offset left off.
+    /// Partitions no longer assigned (lost in a rebalance meanwhile) are skipped: their new owner starts from the
+    /// committed offset.
+    pub fn rewind(&mut self, records: &[ConsumerRecord]) {
+        let mut first: BTreeMap<(&str, u32), u64> = BTreeMap::new();
+        for record in records {
+            first.entry((&*record.topic, record.partition)).or_insert(record.offset);
+        }
+        for ((topic, partition), offset) in first {
+            let _ = self.seek(topic, partition, SeekTo::Offset(offset));
+        }
+    }
+
     /// The offset of the next record [`Consumer::poll`] will return from the partition; `None` while it is not
     /// known yet (a lookup is pending) or the partition is not assigned.
     ///
