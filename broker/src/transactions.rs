@@ -763,8 +763,6 @@ impl Transactions {
             None => match entry.stored.last {
                 // A retry of an EndTxn that was applied: the same outcome (without the offsets).
                 Some((last, committed)) if last == number && committed == commit => Ok(Vec::new()),
-                // A retried abort of an aborted transaction.
-                Some((last, false)) if !commit && last == number => Ok(Vec::new()),
                 // An abort of a transaction that never began here (nothing reached the broker, or the request that
                 // would have begun it was refused): its number is used up, so a delayed request of it is refused.
                 _ if !commit && number >= entry.stored.next => {

@@ -44,15 +44,15 @@ pub(crate) async fn produce(state: &ServerState, request: TxnProduceRequest) -> 
             let checked = match &found {
                 Err(_) => Err(HandlerError::UnknownTopic),
                 Ok(found) => super::produce::split_checked(state, found, partition.partition, partition.records)
-                    .and_then(|batches| check_staged(producer, batches)),
+                    .and_then(|batches| check_staged(producer, batches))
+                    .map(|batches| StageRequest { topic: Arc::clone(found), partition: partition.partition, batches }),
             };
-            match (checked, &found) {
-                (Ok(batches), Ok(found)) => {
-                    stage.push(StageRequest { topic: Arc::clone(found), partition: partition.partition, batches });
+            match checked {
+                Ok(request) => {
+                    stage.push(request);
                     partitions.push((partition.partition, None));
                 }
-                (Err(error), _) => partitions.push((partition.partition, Some(error))),
-                (Ok(_), Err(_)) => unreachable!("batches are checked only for a topic that was found"),
+                Err(error) => partitions.push((partition.partition, Some(error))),
             }
         }
         outcomes.push((topic.name, partitions));
