@@ -10,6 +10,8 @@
 //! - `chaos`: Jepsen-style histories and their checker (lost, duplicated, reordered values, offset gaps), and the
 //!   crash driver: the real binary SIGKILLed at seeded moments (also during recovery) while producers write.
 //! - `crash`: the real binary restarted (SIGTERM) and killed (SIGKILL) while a producer sends.
+//! - `disk_full`: the real binary on a small tmpfs this test mounts: `DISK_FULL`, nothing acknowledged damaged,
+//!   writes (and topic creation) resume once space is freed, also across a SIGKILL.
 //! - `dedup`: message-id dedup: resent dedup keys dropped and reported with the original offsets (client and raw
 //!   frames), the window in the ack, a retry after a SIGKILL, idempotent producers refused, the metric.
 //! - `fault_proxy`: a frame-aware TCP proxy that drops, duplicates, delays and resets requests and responses, and
@@ -28,6 +30,7 @@ mod chaos;
 mod copier;
 mod crash;
 mod dedup;
+mod disk_full;
 mod end_to_end;
 mod fault_proxy;
 mod groups;
