@@ -27,18 +27,15 @@ mod tests;
 /// Which anomalies the guarantees under test allow; everything else in a [`Report`] is a violation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Expect {
-    /// Whether a value may be stored more than once.
-    ///
-    /// `true` for today's producer: it is at-least-once, so a retry after a lost acknowledgement (a killed broker,
-    /// a dropped response) appends the batch again.
-    /// Set it to `false` once producers run with idempotence enabled (the `ProducerConfig` idempotence field):
-    /// then a duplicate is a bug.
-    /// Reordering is judged on first occurrences either way, so a duplicate alone never counts as reordering.
+    /// Whether a value may be stored more than once: `true` for producers without idempotence (at-least-once: a
+    /// retry after a lost acknowledgement appends the batch again), `false` for idempotent ones, where a duplicate
+    /// is a bug. Reordering is judged on first occurrences either way, so a duplicate alone never counts as
+    /// reordering.
     pub duplicates_allowed: bool,
 }
 
 impl Expect {
-    /// Today's producer without idempotence: at-least-once, so duplicates are reported but allowed.
+    /// A producer without idempotence: at-least-once, so duplicates are reported but allowed.
     pub const AT_LEAST_ONCE: Expect = Expect { duplicates_allowed: true };
     /// An idempotent producer: every anomaly is a violation.
     pub const EXACTLY_ONCE: Expect = Expect { duplicates_allowed: false };

@@ -147,6 +147,16 @@ impl ChaosBroker {
         during_recovery
     }
 
+    /// Freezes the running broker with SIGSTOP for `duration`, then lets it go on with SIGCONT: its connections stay
+    /// open and requests pile up in its sockets, as with a long GC pause, a stalled disk or a VM migration.
+    pub fn pause(&mut self, duration: Duration) {
+        let process = self.process.as_ref().expect("the broker is running");
+        process.signal(libc::SIGSTOP);
+        std::thread::sleep(duration);
+        process.signal(libc::SIGCONT);
+        self.note(&format!("incarnation {} paused for {} ms", self.incarnations, duration.as_millis()));
+    }
+
     /// Stops the broker with SIGTERM, asserting a clean exit.
     pub fn stop(mut self) {
         let process = self.process.take().expect("the broker is running");
@@ -165,6 +175,11 @@ pub struct CrashRun {
     pub values: u64,
     /// SIGKILLs while producing (plus at least one during recovery on top).
     pub kills: u32,
+    /// SIGSTOP/SIGCONT pauses while producing, each of a seeded length up to `pause_max`.
+    pub pauses: u32,
+    /// The longest pause; longer than the producers' request timeout makes them time out, reconnect and retry
+    /// while their first attempts still wait in the frozen broker's sockets.
+    pub pause_max: Duration,
     /// Concurrent producers, each with its own connection.
     pub producers: u32,
     /// Partitions of the topic; each producer writes to all of them.
@@ -190,6 +205,10 @@ pub struct CrashFigures {
     pub kills: u32,
     /// SIGKILLs that landed during recovery.
     pub kills_during_recovery: u32,
+    /// SIGSTOP/SIGCONT pauses, and how long the broker was frozen in all.
+    pub pauses: u32,
+    /// The sum of the pauses.
+    pub paused: Duration,
     /// Time from spawn to ready for each restart.
     pub recoveries: Vec<Duration>,
     /// From the first send to the last outcome.
@@ -223,6 +242,9 @@ impl std::fmt::Display for CrashFigures {
             self.read_time.as_secs_f64(),
             self.report,
         )?;
+        if self.pauses > 0 {
+            write!(formatter, "; {} pauses (SIGSTOP) of {:.1} s in all", self.pauses, self.paused.as_secs_f64())?;
+        }
         if let Some(counts) = &self.network_faults {
             write!(formatter, "; network faults {}: {counts:?}", counts.faults())?;
         }
@@ -255,6 +277,8 @@ impl CrashRun {
         CrashRun {
             values,
             kills,
+            pauses: 0,
+            pause_max: Duration::ZERO,
             producers: 4,
             partitions: 4,
             value_bytes: 100,
@@ -287,27 +311,41 @@ impl CrashRun {
         let started = Instant::now();
         let producing = self.spawn_producers(&produce_addr, &recorder, &mut rng);
 
-        // Kill moments: seeded fractions of the values completed, in order; one kill (seeded) is followed by a
-        // kill during recovery, retried at later restarts until one lands before the broker serves.
-        let mut moments: Vec<u64> = (0..self.kills).map(|_| 1 + rng.below(self.values * 95 / 100)).collect();
+        // Kill and pause moments: seeded fractions of the values completed, in order; one kill (seeded) is followed
+        // by a kill during recovery, retried at later restarts until one lands before the broker serves.
+        let mut moments: Vec<(u64, Fault)> = (0..self.kills)
+            .map(|_| Fault::Kill)
+            .chain((0..self.pauses).map(|_| Fault::Pause))
+            .map(|fault| (1 + rng.below(self.values * 95 / 100), fault))
+            .collect();
         moments.sort_unstable();
         let recovery_kill_at = rng.below(u64::from(self.kills.max(1)));
         let mut figures = CrashFigures {
             kills: 0,
             kills_during_recovery: 0,
+            pauses: 0,
+            paused: Duration::ZERO,
             recoveries: Vec::new(),
             produce_time: Duration::ZERO,
             read_time: Duration::ZERO,
             report: Report::default(),
             network_faults: None,
         };
-        for (kill_idx, moment) in moments.into_iter().enumerate() {
+        for (moment, fault) in moments {
             wait_for_completions(&recorder, moment).await;
-            // A few milliseconds more, so kills do not always land right after an acknowledgement.
+            // A few milliseconds more, so faults do not always land right after an acknowledgement.
             tokio::time::sleep(Duration::from_millis(rng.below(20))).await;
+            if fault == Fault::Pause {
+                let pause_max = u64::try_from(self.pause_max.as_millis()).expect("a short pause");
+                let pause = Duration::from_millis(1 + rng.below(pause_max.max(1)));
+                tokio::task::block_in_place(|| broker.pause(pause));
+                figures.pauses += 1;
+                figures.paused += pause;
+                continue;
+            }
+            let due = u64::from(figures.kills) >= recovery_kill_at;
             tokio::task::block_in_place(|| broker.kill());
             figures.kills += 1;
-            let due = u64::try_from(kill_idx).expect("small") >= recovery_kill_at;
             if due
                 && figures.kills_during_recovery == 0
                 && tokio::task::block_in_place(|| broker.kill_during_recovery())
@@ -377,6 +415,15 @@ impl CrashRun {
             })
             .collect()
     }
+}
+
+/// A fault a crash run injects at a moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Fault {
+    /// SIGKILL and restart.
+    Kill,
+    /// SIGSTOP, a seeded wait, SIGCONT.
+    Pause,
 }
 
 /// One producer's share of a crash run.

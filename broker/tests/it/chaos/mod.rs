@@ -3,7 +3,8 @@
 //!
 //! - `history`: sends (producer, send order, partition, unique value, outcome) and the final read.
 //! - `checker`: lost acknowledged writes, duplicates, reordering, offset gaps and reuse, values never sent.
-//! - `driver`: the real broker binary SIGKILLed and restarted while producers write; `ChaosBroker`, `CrashRun`.
+//! - `driver`: the real broker binary SIGKILLed, SIGSTOPped and restarted while producers write; `ChaosBroker`,
+//!   `CrashRun`.
 //! - `rng`: the seeded random numbers every fault choice comes from, and the `FERRY_CHAOS_SEED` to replay one.
 
 pub mod checker;

@@ -77,3 +77,22 @@ async fn a_failed_run_keeps_its_seed_history_and_broker_log() {
     assert!(log.contains("partition logs open"), "the first incarnation's stderr is kept: {log}");
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigstop_pauses_longer_than_the_request_timeout_and_sigkills_lose_and_duplicate_nothing() {
+    let seed = seed_from_env();
+    let mut run = CrashRun { expect: CRASH_EXPECT, ..CrashRun::from_env(seed) };
+    (run.values, run.kills, run.pauses) = if slow_tests() { (1_000_000, 50, 200) } else { (50_000, 3, 8) };
+    // Pauses up to 2.5 s against a 1 s request timeout: most make the producers give up on requests the frozen
+    // broker still holds in its sockets, reconnect and retry them; the broker then sees both copies.
+    run.pause_max = Duration::from_millis(2500);
+    run.producer_config.connection.request_timeout = Duration::from_secs(1);
+    report(&format!(
+        "chaos pause run: FERRY_CHAOS_SEED={seed}: {} values, {} kills, {} pauses",
+        run.values, run.kills, run.pauses
+    ));
+    let (kills, pauses) = (run.kills, run.pauses);
+    let figures = run.run().await;
+    report(&format!("chaos pause run (seed {seed}): {figures}"));
+    assert_eq!((figures.kills, figures.pauses), (kills, pauses));
+}
