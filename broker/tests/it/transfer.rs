@@ -1,9 +1,9 @@
 //! The transfer test: transactions move amounts between accounts (a debit and a credit record, on the partitions
 //! of two accounts), some are aborted on purpose, producers are killed mid-transaction and the real broker is
-//! SIGKILLed. A read-committed reader then sees every acknowledged transfer whole, no aborted one, no half of any,
-//! and the sum over all records is zero.
+//! SIGKILLed. The transaction checker (`chaos::txn_checker`) then finds in a read-committed read every acknowledged
+//! transfer whole, no aborted one (asked for, or abandoned and fenced), no half of any, nothing twice, and the sum
+//! over all records is zero.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,29 +12,36 @@ use ferry_client::{Admin, ClientError, ConnectionConfig, ProducerRecord, Transac
 
 use crate::chaos::driver::ChaosBroker;
 use crate::chaos::read_all;
+use crate::chaos::txn_checker::{Txn, TxnHistory, TxnOutcome, check_transactions};
 
 const LEDGER: &str = "ledger";
 const PARTITIONS: u32 = 4;
 const ACCOUNTS: u64 = 10;
 
-/// What the workers know of their transfers: acknowledged commits, and aborts they asked for and got.
-#[derive(Default)]
-struct Outcomes {
-    committed: BTreeSet<String>,
-    aborted: BTreeSet<String>,
-}
+/// Every transfer the workers began, with what they were told.
+type Outcomes = Vec<Txn>;
 
-/// A transfer's two records, each `TRANSFER_ID:ACCOUNT:AMOUNT`, to the accounts' partitions.
-async fn transfer(producer: &mut TransactionalProducer, id: &str, step: u64) -> Result<(), ClientError> {
+/// A transfer's two records, each `TRANSFER_ID:ACCOUNT:AMOUNT`, with the accounts' partitions.
+fn legs(id: &str, step: u64) -> [(u32, String); 2] {
     let (from, to) = (step % ACCOUNTS, (step * 7 + 3) % ACCOUNTS);
     let amount = (step % 97 + 1) as i64;
+    [(from, -amount), (to, amount)]
+        .map(|(account, signed)| ((account % u64::from(PARTITIONS)) as u32, format!("{id}:{account}:{signed}")))
+}
+
+/// Begins a transfer and sends its two records.
+async fn transfer(producer: &mut TransactionalProducer, id: &str, step: u64) -> Result<(), ClientError> {
     producer.begin()?;
-    for (account, signed) in [(from, -amount), (to, amount)] {
-        let record = ProducerRecord::new(LEDGER, format!("{id}:{account}:{signed}"))
-            .with_partition((account % u64::from(PARTITIONS)) as u32);
-        producer.send(record).await?;
+    for (partition, value) in legs(id, step) {
+        producer.send(ProducerRecord::new(LEDGER, value).with_partition(partition)).await?;
     }
     Ok(())
+}
+
+/// Records transfer `id`'s outcome.
+fn record(outcomes: &Mutex<Outcomes>, id: String, step: u64, outcome: TxnOutcome) {
+    let values = legs(&id, step).map(|(_, value)| value).to_vec();
+    outcomes.lock().expect("outcomes").push(Txn { id, values, outcome });
 }
 
 async fn worker(
@@ -55,26 +62,34 @@ async fn worker(
             step += 1;
             let id = format!("w{worker}-{step}");
             let abort = step.is_multiple_of(5);
-            let result = match transfer(&mut producer, &id, step).await {
-                Ok(()) if abort => producer.abort().await.map(|()| false),
-                Ok(()) => producer.commit().await.map(|_| true),
-                Err(error) => Err(error),
+            let outcome = match transfer(&mut producer, &id, step).await {
+                // An abort asked for: whether or not the broker got it, the transaction cannot commit any more.
+                Ok(()) if abort => {
+                    let _ = producer.abort().await;
+                    TxnOutcome::Aborted
+                }
+                Ok(()) => match producer.commit().await {
+                    Ok(_) => TxnOutcome::Committed,
+                    // The broker died during the commit, say: it may have committed.
+                    Err(_) => TxnOutcome::Unknown,
+                },
+                // Never committed: the next instance's fencing aborts it.
+                Err(_) => TxnOutcome::Aborted,
             };
-            match result {
-                Ok(true) => {
-                    outcomes.lock().expect("outcomes").committed.insert(id);
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(false) => {
-                    outcomes.lock().expect("outcomes").aborted.insert(id);
-                }
-                // The outcome is unknown (the broker died during the commit, say): start over with a new instance,
-                // which fences this one and settles its transaction.
-                Err(_) => break,
+            let failed = outcome != TxnOutcome::Committed && !abort;
+            if outcome == TxnOutcome::Committed {
+                done.fetch_add(1, Ordering::Relaxed);
             }
-            // Every 50 transfers, this instance "crashes" mid-transaction: one leg sent, never ended.
+            record(&outcomes, id, step, outcome);
+            // After a failure, start over with a new instance, which fences this one and settles its transaction.
+            if failed {
+                break;
+            }
+            // Every 50 transfers, this instance "crashes" mid-transaction: legs sent, never ended.
             if step.is_multiple_of(50) {
-                let _ = transfer(&mut producer, &format!("w{worker}-{step}-crashed"), step).await;
+                let id = format!("w{worker}-{step}-crashed");
+                let _ = transfer(&mut producer, &id, step).await;
+                record(&outcomes, id, step, TxnOutcome::Aborted);
                 break;
             }
         }
@@ -89,7 +104,7 @@ async fn transfers_stay_whole_and_sum_to_zero_through_aborts_and_broker_sigkills
     admin.create_topic(LEDGER, PARTITIONS, Default::default()).await.expect("ledger topic");
     admin.close().await;
 
-    let outcomes = Arc::new(Mutex::new(Outcomes::default()));
+    let outcomes = Arc::new(Mutex::new(Outcomes::new()));
     let done = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let workers: Vec<_> = (0..3)
@@ -126,33 +141,18 @@ async fn transfers_stay_whole_and_sum_to_zero_through_aborts_and_broker_sigkills
     }
 
     let reads = read_all(&addr, LEDGER, PARTITIONS, Duration::from_secs(60)).await;
-    let mut legs: BTreeMap<String, Vec<i64>> = BTreeMap::new();
     let mut sum = 0i64;
     for read in &reads {
         let mut fields = read.value.rsplitn(3, ':');
         let amount: i64 = fields.next().and_then(|amount| amount.parse().ok()).expect("an amount");
         let account: u64 = fields.next().and_then(|account| account.parse().ok()).expect("an account");
-        let id = fields.next().expect("a transfer id").to_owned();
-        assert_eq!(read.partition, (account % u64::from(PARTITIONS)) as u32, "{id}: the account's partition");
+        assert_eq!(read.partition, (account % u64::from(PARTITIONS)) as u32, "{}: the account's partition", read.value);
         sum += amount;
-        legs.entry(id).or_default().push(amount);
     }
-    let outcomes = outcomes.lock().expect("outcomes");
-    for (id, amounts) in &legs {
-        assert_eq!(amounts.len(), 2, "transfer {id} is whole: {amounts:?}");
-        assert_eq!(amounts.iter().sum::<i64>(), 0, "transfer {id} balances");
-        assert!(!outcomes.aborted.contains(id), "aborted transfer {id} is visible");
-        assert!(!id.ends_with("-crashed"), "the crashed instance's open transfer {id} is visible");
-    }
-    for id in &outcomes.committed {
-        assert!(legs.contains_key(id), "acknowledged transfer {id} is visible");
-    }
+    let txns = std::mem::take(&mut *outcomes.lock().expect("outcomes"));
+    let report = check_transactions(&TxnHistory { txns, reads });
+    assert_eq!(report.violations(), Vec::<String>::new(), "{report}");
     assert_eq!(sum, 0, "the ledger sums to zero");
-    eprintln!(
-        "transfer run: {} acknowledged, {} aborted on purpose, {} visible (the rest: outcome unknown to the client), \
-         5 broker SIGKILLs",
-        outcomes.committed.len(),
-        outcomes.aborted.len(),
-        legs.len()
-    );
+    assert!(report.n_committed >= 1200 && report.n_aborted > 0, "{report}");
+    eprintln!("transfer run, 5 broker SIGKILLs: {report}");
 }

@@ -5,12 +5,14 @@
 //! - `checker`: lost acknowledged writes, duplicates, reordering, offset gaps and reuse, values never sent.
 //! - `driver`: the real broker binary SIGKILLed, SIGSTOPped and restarted while producers write; `ChaosBroker`,
 //!   `CrashRun`.
+//! - `txn_checker`: aborted reads, torn transactions, lost commits and duplicates in a read-committed read.
 //! - `rng`: the seeded random numbers every fault choice comes from, and the `FERRY_CHAOS_SEED` to replay one.
 
 pub mod checker;
 pub mod driver;
 pub mod history;
 pub mod rng;
+pub mod txn_checker;
 
 #[cfg(test)]
 mod tests;
