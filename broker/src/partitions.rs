@@ -129,6 +129,20 @@ pub enum PartitionsError {
     /// The metadata store failed.
     #[error("metadata store error")]
     Meta(#[source] MetaError),
+    /// `logs/` holds a topic directory the metadata store does not know that it cannot be a leftover of: its id was
+    /// never assigned, or it holds records. The store lost writes it had acknowledged (damaged, restored from an
+    /// older copy, or replaced by an empty one). Serving would hide the topic's records and could assign its id
+    /// again, so the broker refuses to start and touches nothing.
+    #[error(
+        "the metadata store is behind the partition logs: it does not know {dir} ({why}); the metadata store lost \
+         writes (damaged, or restored from an older copy); refusing to start"
+    )]
+    MetaBehindLogs {
+        /// The topic directory.
+        dir: PathBuf,
+        /// Why it cannot be a leftover.
+        why: String,
+    },
     /// A partition log could not be opened, started or shut down.
     #[error("partition log {topic}/{partition}")]
     Log {
@@ -586,6 +600,35 @@ pub fn topic_dir(logs_dir: &Path, record: &TopicRecord) -> PathBuf {
     logs_dir.join(format!("{:020}-{}", record.id, record.name))
 }
 
+/// The topic id in a topic directory's name (`<id:020>-<name>`), if it has that shape.
+fn topic_id_of_dir(dir: &Path) -> Option<u64> {
+    let name = dir.file_name()?.to_str()?;
+    let (id, _) = name.split_once('-')?;
+    if id.len() != 20 { None } else { id.parse().ok() }
+}
+
+/// The first segment file (`*.log`) with bytes in a topic directory's partition directories, if any.
+fn first_nonempty_segment(topic_dir: &Path) -> Result<Option<PathBuf>, PartitionsError> {
+    let list = |dir: &Path| std::fs::read_dir(dir).map_err(|source| io_error("list", dir, source));
+    if !topic_dir.is_dir() {
+        return Ok(None);
+    }
+    for partition in list(topic_dir)? {
+        let partition = partition.map_err(|source| io_error("list", topic_dir, source))?.path();
+        if !partition.is_dir() {
+            continue;
+        }
+        for file in list(&partition)? {
+            let file = file.map_err(|source| io_error("list", &partition, source))?.path();
+            let len = std::fs::metadata(&file).map_err(|source| io_error("stat", &file, source))?.len();
+            if file.extension().is_some_and(|extension| extension == "log") && len > 0 {
+                return Ok(Some(file));
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// The directory of one partition: `<topic dir>/<partition:05>`.
 pub fn partition_dir(logs_dir: &Path, record: &TopicRecord, partition: u32) -> PathBuf {
     topic_dir(logs_dir, record).join(format!("{partition:05}"))
@@ -827,13 +870,25 @@ fn prepare_logs_dir(
         }
     }
     let mut unknown = Vec::new();
+    let next_id = meta.next_topic_id();
     let entries = std::fs::read_dir(logs_dir).map_err(|source| io_error("list", logs_dir, source))?;
     for entry in entries {
         let entry = entry.map_err(|source| io_error("list", logs_dir, source))?;
         let path = entry.path();
-        if !known_dirs.contains(&path) {
-            unknown.push(path);
+        if known_dirs.contains(&path) {
+            continue;
         }
+        // A topic's directory is created after its record and removed before it, so the only leftover the broker
+        // makes is a directory of empty segments whose creation was rolled back, with an id the store assigned.
+        if let Some(id) = topic_id_of_dir(&path).filter(|id| *id >= next_id) {
+            let why = format!("topic id {id}, but the store's next topic id is {next_id}");
+            return Err(PartitionsError::MetaBehindLogs { dir: path, why });
+        }
+        if let Some(segment) = first_nonempty_segment(&path)? {
+            let why = format!("{} holds records", segment.display());
+            return Err(PartitionsError::MetaBehindLogs { dir: path, why });
+        }
+        unknown.push(path);
     }
     Ok((active, unknown))
 }

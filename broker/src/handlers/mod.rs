@@ -235,7 +235,9 @@ fn partitions_error_code(error: &PartitionsError) -> ErrorCode {
         }
         PartitionsError::ShuttingDown => ErrorCode::BrokerShuttingDown,
         PartitionsError::Meta(MetaError::Corrupt { .. } | MetaError::UnsupportedFormat { .. }) => ErrorCode::Unknown,
-        PartitionsError::Meta(_) | PartitionsError::Io { .. } => ErrorCode::StorageError,
+        PartitionsError::Meta(_) | PartitionsError::MetaBehindLogs { .. } | PartitionsError::Io { .. } => {
+            ErrorCode::StorageError
+        }
         PartitionsError::Log { source, .. } => log_error_code(source),
     }
 }

@@ -447,6 +447,11 @@ impl MetaStore {
         Ok(Some(record))
     }
 
+    /// The id the next topic will get: every topic this store ever created has a lower one.
+    pub fn next_topic_id(&self) -> u64 {
+        *self.next_topic_id.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Every topic (in any state), ordered by name.
     pub fn topics(&self) -> Result<Vec<TopicRecord>, MetaError> {
         let mut topics = Vec::new();
