@@ -115,11 +115,15 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
 /// The client address of a `ferry-broker` process, once it is ready (from its `listening on ADDR` line).
 pub fn client_address(broker: &mut BrokerProcess) -> SocketAddr {
     broker.wait_until_ready();
-    let line = broker
-        .log
+    listening_address(&broker.log)
+}
+
+/// The client address in a started broker's log (its `listening on ADDR` line).
+pub fn listening_address(log: &[String]) -> SocketAddr {
+    let line = log
         .iter()
         .find(|line| line.contains("listening on ") && !line.contains("metrics listening on "))
-        .unwrap_or_else(|| panic!("no `listening on` line; log: {:#?}", broker.log))
+        .unwrap_or_else(|| panic!("no `listening on` line; log: {log:#?}"))
         .clone();
     let address = line.rsplit("listening on ").next().expect("rsplit yields a part").trim();
     address.parse().unwrap_or_else(|error| panic!("bad address in {line:?}: {error}"))

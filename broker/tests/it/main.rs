@@ -37,6 +37,7 @@ mod groups;
 mod harness;
 mod idempotence;
 mod in_process;
+mod meta_corruption;
 mod metrics;
 mod support;
 mod transactions;

@@ -94,6 +94,25 @@ impl BrokerProcess {
         }
     }
 
+    /// Waits until the broker logs that it started (`true`) or until it exits first (`false`); panics after
+    /// [`STEP_TIMEOUT`] without either.
+    pub fn wait_until_started_or_exit(&mut self) -> bool {
+        let deadline = Instant::now() + STEP_TIMEOUT;
+        loop {
+            match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => {
+                    let started = line.contains("broker started");
+                    self.log.push(line);
+                    if started {
+                        return true;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => panic!("neither started nor exited in time; log: {:#?}", self.log),
+                Err(RecvTimeoutError::Disconnected) => return false,
+            }
+        }
+    }
+
     /// Waits until the broker is ready and returns the address of its metrics endpoint.
     pub fn wait_until_ready(&mut self) -> SocketAddr {
         let line = self.wait_for_line("metrics listening on ");
