@@ -10,4 +10,5 @@ mod fuzz_corpus;
 mod group_commit;
 mod idempotence;
 mod model;
+mod power_loss;
 mod read;
