@@ -3,6 +3,7 @@
 mod appender;
 mod common;
 mod corruption;
+mod corruption_sweep;
 mod dedup;
 mod disk_full;
 mod fsync_failure;
