@@ -16,7 +16,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 pub use real::RealFs;
-pub use sim::{CrashMode, SimEvent, SimFs, SimStats};
+pub use sim::{CrashMode, CrashPoint, SimEvent, SimFs, SimOp, SimStats};
 
 /// Most buffers handed to one `writev` call (Linux `UIO_MAXIOV`); longer lists are written in chunks.
 pub const IOV_MAX: usize = 1024;

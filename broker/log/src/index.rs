@@ -199,12 +199,17 @@ impl SegmentIndex {
         n_before.checked_sub(1).map(|idx| offsets[idx])
     }
 
-    /// The last time entry whose timestamp is below `timestamp`: every batch up to it is older, so a search for the
-    /// first batch reaching `timestamp` can start there.
+    /// Where a search for the first batch reaching `timestamp` can start: the time entry before the last one whose
+    /// timestamp is below `timestamp` (`None`: at the segment's start).
+    ///
+    /// One entry earlier than the entries promise, because index files carry no checksum: an entry whose timestamp
+    /// was lowered by a flipped bit (still strictly increasing, so it passes the structural check) would otherwise
+    /// let the search skip batches that reach `timestamp`. With one entry of slack, any single wrong entry is harmless:
+    /// either the entry used is right, or the entry after it is, and it bounds every batch before the start.
     pub fn floor_time(&self, timestamp: i64) -> Option<TimeEntry> {
         let times = self.times.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let n_before = times.partition_point(|entry| entry.max_timestamp < timestamp);
-        n_before.checked_sub(1).map(|idx| times[idx])
+        n_before.checked_sub(2).map(|idx| times[idx])
     }
 
     pub fn push(&self, offset_entry: Option<OffsetEntry>, time_entry: Option<TimeEntry>) {

@@ -313,7 +313,9 @@ impl LogReader {
             if segment.base_offset >= end {
                 break;
             }
-            if segment.max_timestamp().is_none_or(|max| max < timestamp) {
+            // Every non-empty segment is searched, from its index's hint on: its largest timestamp comes from its time
+            // index (not checksummed), and a wrong one must not skip a segment holding the answer.
+            if segment.max_timestamp().is_none() {
                 continue;
             }
             let mut start_offset = segment

@@ -10,6 +10,12 @@
 //! byte budget ([`SimFs::fail_writes_after`]), and syncs can be held at a gate ([`SimFs::hold_syncs`]) so a test can
 //! line requests up behind an fsync without sleeping.
 //!
+//! Crash points ([`SimFs::crash_at_step`]): every mutating operation (creating a file, a write, a file fsync, a
+//! truncate, a rename, a remove, a directory fsync) is one numbered I/O step. At the chosen step the operation does
+//! not complete (a write may leave a sector-aligned prefix behind) and fails, and every later operation fails too, as
+//! if the process were gone; [`SimFs::crash`] then models the power loss and lifts the halt. Counting the steps of a
+//! dry run ([`SimStats::io_steps`]) lets a test crash a workload at every step it takes.
+//!
 //! Directories are simplified: they exist durably as soon as they are created, and listings show files only.
 //! Handles opened before a crash fail every later operation, like the handles of a killed process.
 
@@ -73,9 +79,41 @@ pub enum SimEvent {
     },
 }
 
+/// A kind of mutating operation: one I/O step (see [`SimFs::crash_at_step`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SimOp {
+    /// A file was created by [`Storage::open`].
+    Create,
+    /// An append or an in-place write.
+    Write,
+    /// A file fsync.
+    Sync,
+    /// A truncate.
+    Truncate,
+    /// A rename.
+    Rename,
+    /// A remove.
+    Remove,
+    /// A directory fsync.
+    SyncDir,
+}
+
+/// The I/O step at which a crash point halted the simulated process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrashPoint {
+    /// The step's number, counted like [`SimStats::io_steps`] (from the file system's creation, 1 = the first).
+    pub step: u64,
+    /// What the step was doing.
+    pub op: SimOp,
+    /// The file or directory it was doing it to (for a rename, the source).
+    pub path: PathBuf,
+}
+
 /// Operation counts of a [`SimFs`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SimStats {
+    /// Mutating operations attempted (I/O steps, see [`SimOp`]), including one halted by a crash point.
+    pub io_steps: u64,
     /// File fsyncs attempted (including failed ones).
     pub file_syncs: u64,
     /// Directory fsyncs.
@@ -117,6 +155,23 @@ struct SimState {
     write_budget: Option<u64>,
     recording: bool,
     events: Vec<SimEvent>,
+    /// The step to halt at, and whether a write halted there leaves a torn prefix.
+    crash_at: Option<(u64, bool)>,
+    /// Set once a crash point was reached: every operation fails until [`SimFs::crash`].
+    halted: Option<CrashPoint>,
+}
+
+/// What a mutating operation does after counting its step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Complete normally.
+    Run,
+    /// The crash point: do not complete (a write keeps a torn prefix if `tear`), then fail.
+    Halt { tear: bool },
+}
+
+fn process_gone() -> io::Error {
+    io::Error::other("simulated process halted at a crash point")
 }
 
 #[derive(Debug, Default, Clone)]
@@ -177,6 +232,24 @@ impl SimState {
         if max == u64::MAX { self.next_random() } else { self.next_random() % (max + 1) }
     }
 
+    /// Fails if a crash point halted the process.
+    fn alive(&self) -> io::Result<()> {
+        if self.halted.is_some() { Err(process_gone()) } else { Ok(()) }
+    }
+
+    /// Counts one mutating operation; at the crash point, halts the process.
+    fn step(&mut self, op: SimOp, path: &Path) -> io::Result<Step> {
+        self.alive()?;
+        self.stats.io_steps += 1;
+        match self.crash_at {
+            Some((step, tear)) if step == self.stats.io_steps => {
+                self.halted = Some(CrashPoint { step, op, path: path.to_path_buf() });
+                Ok(Step::Halt { tear })
+            }
+            _ => Ok(Step::Run),
+        }
+    }
+
     fn record(&mut self, event: SimEvent) {
         if self.recording {
             self.events.push(event);
@@ -187,6 +260,19 @@ impl SimState {
         let (dir, name) = split_path(path)?;
         let dir = self.dirs.get(&dir).ok_or_else(|| not_found(&dir))?;
         dir.live.get(&name).copied().ok_or_else(|| not_found(path))
+    }
+
+    /// How many bytes of a write of `len` bytes at `pos` a crash in the middle of it leaves: a random number of the
+    /// whole sectors it fills, never all of it.
+    fn torn_prefix(&mut self, pos: usize, len: usize) -> usize {
+        let end = pos.saturating_add(len);
+        let first_boundary = (pos / SECTOR_BYTES + 1) * SECTOR_BYTES;
+        if first_boundary >= end {
+            return 0;
+        }
+        let boundaries = (end - 1 - first_boundary) / SECTOR_BYTES + 1;
+        let pick = usize::try_from(self.random_up_to(to_u64(boundaries))).unwrap_or(0);
+        if pick == 0 { 0 } else { first_boundary + (pick - 1) * SECTOR_BYTES - pos }
     }
 
     /// What survives of one file after a torn power loss: the synced content, overwritten by a random number of
@@ -233,6 +319,8 @@ impl SimFs {
             write_budget: None,
             recording: false,
             events: Vec::new(),
+            crash_at: None,
+            halted: None,
         };
         SimFs {
             inner: Arc::new(SimInner {
@@ -253,6 +341,8 @@ impl SimFs {
         let mut state = self.state();
         state.generation += 1;
         state.stats.crashes += 1;
+        state.crash_at = None;
+        state.halted = None;
         if mode == CrashMode::ProcessKill {
             return;
         }
@@ -274,6 +364,20 @@ impl SimFs {
             }
         }
         state.inodes = survivors;
+    }
+
+    /// Halts the simulated process at the `k`-th I/O step from now (1 = the next mutating operation): that operation
+    /// does not complete and fails, and so does every later operation of any kind, until [`SimFs::crash`] models the
+    /// power loss. With `tear`, a write halted there leaves a random number of whole sectors of its bytes in the
+    /// file (unsynced, so a torn power loss may keep them). See [`SimFs::crash_point`] for where it stopped.
+    pub fn crash_at_step(&self, k: u64, tear: bool) {
+        let mut state = self.state();
+        state.crash_at = Some((state.stats.io_steps + k.max(1), tear));
+    }
+
+    /// The step a crash point halted at, if one was reached since the last crash.
+    pub fn crash_point(&self) -> Option<CrashPoint> {
+        self.state().halted.clone()
     }
 
     /// Makes the `k`-th file fsync from now (1 = the next one) fail with EIO, leaving the file's unsynced data unsynced.
@@ -354,6 +458,7 @@ impl Storage for SimFs {
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn LogFile>> {
         let (dir, name) = split_path(path)?;
         let mut state = self.state();
+        state.alive()?;
         let generation = state.generation;
         let existing = state.dirs.get(&dir).ok_or_else(|| not_found(&dir))?.live.get(&name).copied();
         let ino = match (existing, mode) {
@@ -363,6 +468,9 @@ impl Storage for SimFs {
             (Some(ino), _) => ino,
             (None, OpenMode::Existing) => return Err(not_found(path)),
             (None, _) => {
+                if state.step(SimOp::Create, path)? != Step::Run {
+                    return Err(process_gone());
+                }
                 let ino = state.next_ino;
                 state.next_ino += 1;
                 state.inodes.insert(ino, SimInode { dirty_from: usize::MAX, ..SimInode::default() });
@@ -378,6 +486,9 @@ impl Storage for SimFs {
     fn remove(&self, path: &Path) -> io::Result<()> {
         let (dir, name) = split_path(path)?;
         let mut state = self.state();
+        if state.step(SimOp::Remove, path)? != Step::Run {
+            return Err(process_gone());
+        }
         let d = state.dirs.get_mut(&dir).ok_or_else(|| not_found(&dir))?;
         d.live.remove(&name).map(|_| ()).ok_or_else(|| not_found(path))
     }
@@ -386,6 +497,9 @@ impl Storage for SimFs {
         let (from_dir, from_name) = split_path(from)?;
         let (to_dir, to_name) = split_path(to)?;
         let mut state = self.state();
+        if state.step(SimOp::Rename, from)? != Step::Run {
+            return Err(process_gone());
+        }
         if !state.dirs.contains_key(&to_dir) {
             return Err(not_found(&to_dir));
         }
@@ -399,12 +513,14 @@ impl Storage for SimFs {
 
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
         let state = self.state();
+        state.alive()?;
         let d = state.dirs.get(dir).ok_or_else(|| not_found(dir))?;
         Ok(d.live.keys().cloned().collect())
     }
 
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         let mut state = self.state();
+        state.alive()?;
         for ancestor in dir.ancestors() {
             if ancestor.as_os_str().is_empty() {
                 continue;
@@ -416,6 +532,9 @@ impl Storage for SimFs {
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         let mut state = self.state();
+        if state.step(SimOp::SyncDir, dir)? != Step::Run {
+            return Err(process_gone());
+        }
         let d = state.dirs.get_mut(dir).ok_or_else(|| not_found(dir))?;
         d.durable = d.live.clone();
         state.stats.dir_syncs += 1;
@@ -441,6 +560,7 @@ impl SimFile {
         if state.generation != self.generation {
             return Err(io::Error::other("file handle from before a simulated crash"));
         }
+        state.alive()?;
         if !state.inodes.contains_key(&self.ino) {
             return Err(io::Error::other("inode vanished"));
         }
@@ -520,22 +640,47 @@ impl LogFile for SimFile {
 
     fn append(&self, bufs: &[IoSlice<'_>]) -> io::Result<()> {
         self.with_inode(|state, ino| {
+            let step = state.step(SimOp::Write, &self.path)?;
+            let start = state.inodes[&ino].data.len();
+            let total: usize = bufs.iter().map(|buf| buf.len()).sum();
+            let mut keep = match step {
+                Step::Run => total,
+                Step::Halt { tear: false } => 0,
+                Step::Halt { tear: true } => state.torn_prefix(start, total),
+            };
             for buf in bufs {
+                let take = keep.min(buf.len());
+                if take == 0 {
+                    break;
+                }
                 let pos = state.inodes[&ino].data.len();
-                write_into(state, ino, &self.path, pos, buf)?;
+                write_into(state, ino, &self.path, pos, &buf[..take])?;
+                keep -= take;
             }
-            Ok(())
+            if step == Step::Run { Ok(()) } else { Err(process_gone()) }
         })
     }
 
     fn write_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
         let pos = to_usize(pos)?;
-        self.with_inode(|state, ino| write_into(state, ino, &self.path, pos, buf))
+        self.with_inode(|state, ino| match state.step(SimOp::Write, &self.path)? {
+            Step::Run => write_into(state, ino, &self.path, pos, buf),
+            Step::Halt { tear } => {
+                let keep = if tear { state.torn_prefix(pos, buf.len()) } else { 0 };
+                if keep > 0 {
+                    write_into(state, ino, &self.path, pos, &buf[..keep])?;
+                }
+                Err(process_gone())
+            }
+        })
     }
 
     fn sync_data(&self) -> io::Result<()> {
         self.pass_gate();
         self.with_inode(|state, ino| {
+            if state.step(SimOp::Sync, &self.path)? != Step::Run {
+                return Err(process_gone());
+            }
             state.stats.file_syncs += 1;
             if state.fail_file_sync_at == Some(state.stats.file_syncs) {
                 state.record(SimEvent::SyncFailed { path: self.path.clone() });
@@ -552,6 +697,9 @@ impl LogFile for SimFile {
     fn truncate(&self, len: u64) -> io::Result<()> {
         let len = to_usize(len)?;
         self.with_inode(|state, ino| {
+            if state.step(SimOp::Truncate, &self.path)? != Step::Run {
+                return Err(process_gone());
+            }
             let Some(inode) = state.inodes.get_mut(&ino) else { return Err(io::Error::other("inode vanished")) };
             let old_len = inode.data.len();
             inode.data.resize(len, 0);

@@ -54,3 +54,63 @@ pub fn read_all(reader: &LogReader) -> Vec<RecordBatch> {
         batches.extend(split);
     }
 }
+
+/// A small seeded generator (splitmix64) for workloads and corruptions that must replay from their seed.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `range` (which must not be empty).
+    pub fn below(&mut self, range: std::ops::Range<u64>) -> u64 {
+        range.start + self.next_u64() % (range.end - range.start)
+    }
+
+    /// `below` for sizes and indexes.
+    pub fn index(&mut self, range: std::ops::Range<usize>) -> usize {
+        usize::try_from(self.below(range.start as u64..range.end as u64)).expect("fits")
+    }
+
+    /// True with probability `numerator / denominator`.
+    pub fn chance(&mut self, numerator: u64, denominator: u64) -> bool {
+        self.next_u64() % denominator < numerator
+    }
+}
+
+/// The seeds a seeded suite runs: just `<env>_SEED` if set (replaying one failure), else `0..<env>_SEEDS` if set, else
+/// `0..slow` with `FERRY_SLOW_TESTS` set, else `0..default`.
+pub fn seeds(env: &str, default: u64, slow: u64) -> std::ops::Range<u64> {
+    let number =
+        |name: String| std::env::var(&name).ok().map(|v| v.parse::<u64>().unwrap_or_else(|_| panic!("{name}")));
+    if let Some(seed) = number(format!("{env}_SEED")) {
+        return seed..seed + 1;
+    }
+    let count = number(format!("{env}_SEEDS")).unwrap_or(if std::env::var_os("FERRY_SLOW_TESTS").is_some() {
+        slow
+    } else {
+        default
+    });
+    0..count
+}
+
+/// Runs `check(seed)` for every seed, printing the seed of the first failure (to stderr) before re-raising it.
+pub fn for_each_seed(env: &str, seeds: std::ops::Range<u64>, mut check: impl FnMut(u64)) {
+    for seed in seeds {
+        if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(seed))) {
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "FAILED seed {seed}: replay with {env}_SEED={seed}");
+            std::panic::resume_unwind(panic);
+        }
+    }
+}

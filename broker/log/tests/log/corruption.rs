@@ -6,13 +6,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use ferry_log::{FsyncPolicy, Log, LogError, LogStatus, PartitionLog, RealFs, RecoveryReport, Storage};
+use ferry_log::{FsyncPolicy, Log, LogConfig, LogError, LogStatus, PartitionLog, RealFs, RecoveryReport, Storage};
+use ferry_protocol::RecordBatch;
 use ferry_protocol::batch::split_batches;
 
 use crate::common::{clock, make_batch, open, read_all, small_config};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stop {
+pub(crate) enum Stop {
     /// `close()`: clean checkpoint.
     Clean,
     /// Everything synced, then dropped without close.
@@ -22,45 +23,44 @@ enum Stop {
 }
 
 #[derive(Debug, Clone)]
-struct Stored {
-    bytes: Bytes,
-    base: u64,
-    next: u64,
-    max_timestamp: i64,
-    segment: u64,
-    position: u64,
+pub(crate) struct Stored {
+    pub bytes: Bytes,
+    pub base: u64,
+    pub next: u64,
+    pub max_timestamp: i64,
+    pub segment: u64,
+    pub position: u64,
 }
 
 impl Stored {
-    fn len(&self) -> u64 {
+    pub fn len(&self) -> u64 {
         self.bytes.len() as u64
     }
 }
 
 const N_BATCHES: usize = 40;
 
-fn segment_path(dir: &Path, base: u64, suffix: &str) -> PathBuf {
+pub(crate) fn segment_path(dir: &Path, base: u64, suffix: &str) -> PathBuf {
     dir.join(format!("{base:020}{suffix}"))
 }
 
 /// A stopped log: its directory and its batches with their places.
-struct Built {
-    dir: tempfile::TempDir,
-    batches: Vec<Stored>,
+pub(crate) struct Built {
+    pub dir: tempfile::TempDir,
+    pub batches: Vec<Stored>,
 }
 
-/// Builds a log of about five 4 KiB segments in a fresh directory.
-fn build(stop: Stop) -> Built {
+/// Builds a log of `batches` in a fresh directory with `config`, syncing after each batch but the last with
+/// [`Stop::UncleanUnsyncedLast`], and stops it as `stop` says.
+pub(crate) fn build_log(stop: Stop, config: &LogConfig, batches: impl ExactSizeIterator<Item = RecordBatch>) -> Built {
     let dir = tempfile::tempdir().expect("tempdir");
     let storage: Arc<dyn Storage> = Arc::new(RealFs);
-    let (mut log, report) = open(&storage, dir.path(), &small_config(FsyncPolicy::Always), &clock());
+    let (mut log, report) = open(&storage, dir.path(), config, &clock());
     assert!(report.damaged.is_none());
-    for idx in 0..N_BATCHES {
-        // Timestamps mostly increase, with a dip every 7th batch, so the time index is exercised.
-        let timestamp = if idx % 7 == 6 { 500 } else { 1_000 + 10 * idx as i64 };
-        let mut batch = [make_batch(1 + (idx % 3) as u32, 100 + (idx * 37) % 300, timestamp, idx as u8)];
-        log.append(&mut batch).expect("append");
-        if stop != Stop::UncleanUnsyncedLast || idx + 1 < N_BATCHES {
+    let n_batches = batches.len();
+    for (idx, batch) in batches.enumerate() {
+        log.append(&mut [batch]).expect("append");
+        if stop != Stop::UncleanUnsyncedLast || idx + 1 < n_batches {
             log.sync().expect("sync");
         }
     }
@@ -69,7 +69,18 @@ fn build(stop: Stop) -> Built {
     }
     drop(log);
     let batches = layout(dir.path());
-    assert_eq!(batches.len(), N_BATCHES);
+    assert_eq!(batches.len(), n_batches);
+    Built { dir, batches }
+}
+
+/// Builds a log of about five 4 KiB segments in a fresh directory.
+fn build(stop: Stop) -> Built {
+    let batches = (0..N_BATCHES).map(|idx| {
+        // Timestamps mostly increase, with a dip every 7th batch, so the time index is exercised.
+        let timestamp = if idx % 7 == 6 { 500 } else { 1_000 + 10 * idx as i64 };
+        make_batch(1 + (idx % 3) as u32, 100 + (idx * 37) % 300, timestamp, idx as u8)
+    });
+    let Built { dir, batches } = build_log(stop, &small_config(FsyncPolicy::Always), batches);
     let segments = batches.last().expect("batches").segment;
     assert!(batches.iter().filter(|b| b.position == 0).count() >= 4, "several segments, last at {segments}");
     Built { dir, batches }
@@ -103,7 +114,7 @@ fn layout(dir: &Path) -> Vec<Stored> {
 }
 
 /// Copies a built log into a fresh directory, so each case mutates its own copy.
-fn copy_of(built: &Built) -> tempfile::TempDir {
+pub(crate) fn copy_of(built: &Built) -> tempfile::TempDir {
     let copy = tempfile::tempdir().expect("tempdir");
     for entry in fs::read_dir(built.dir.path()).expect("list") {
         let entry = entry.expect("entry");

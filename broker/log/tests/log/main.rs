@@ -3,6 +3,7 @@
 mod appender;
 mod common;
 mod corruption;
+mod corruption_sweep;
 mod dedup;
 mod disk_full;
 mod fsync_failure;
@@ -10,4 +11,5 @@ mod fuzz_corpus;
 mod group_commit;
 mod idempotence;
 mod model;
+mod power_loss;
 mod read;

@@ -113,3 +113,66 @@ fn injected_faults_fail_the_kth_sync_and_writes_beyond_the_budget() {
     append(&file, b"ok");
     assert_eq!(fs.stats().file_syncs, 2);
 }
+
+/// Runs a fixed sequence of every kind of step with a crash point at `k` (if any); returns how many steps completed.
+fn run_steps(fs: &SimFs, dir: &Path) -> usize {
+    let ops: Vec<Box<dyn Fn() -> io::Result<()>>> = vec![
+        Box::new(|| fs.open(&dir.join("a"), OpenMode::CreateNew).map(drop)),
+        Box::new(|| fs.sync_dir(dir)),
+        Box::new(|| fs.open(&dir.join("a"), OpenMode::Existing)?.append(&[IoSlice::new(&[7u8; 1500])])),
+        Box::new(|| fs.open(&dir.join("a"), OpenMode::Existing)?.sync_data()),
+        Box::new(|| fs.open(&dir.join("a"), OpenMode::Existing)?.write_at(&[9u8; 1200], 1000)),
+        Box::new(|| fs.open(&dir.join("a"), OpenMode::Existing)?.truncate(1800)),
+        Box::new(|| fs.rename(&dir.join("a"), &dir.join("b"))),
+        Box::new(|| fs.remove(&dir.join("b"))),
+    ];
+    ops.iter().take_while(|op| op().is_ok()).count()
+}
+
+#[test]
+fn every_mutating_operation_is_one_step_and_a_crash_point_halts_everything_after_it() {
+    let (dry, dir) = setup(5);
+    assert_eq!(run_steps(&dry, &dir), 8);
+    assert_eq!(dry.stats().io_steps, 8);
+    assert_eq!(dry.crash_point(), None);
+    let expected_ops =
+        [SimOp::Create, SimOp::SyncDir, SimOp::Write, SimOp::Sync, SimOp::Write, SimOp::Truncate, SimOp::Rename];
+    for (idx, op) in expected_ops.iter().enumerate() {
+        let (fs, dir) = setup(5);
+        let k = u64::try_from(idx).expect("small") + 1;
+        fs.crash_at_step(k, false);
+        assert_eq!(run_steps(&fs, &dir), idx, "step {k} halts");
+        let point = fs.crash_point().expect("halted");
+        assert_eq!((point.step, point.op), (k, *op));
+        assert_eq!(fs.stats().io_steps, k, "nothing counts after the halt");
+        assert!(fs.list(&dir).is_err(), "reads fail too: the process is gone");
+        fs.crash(CrashMode::PowerLoss);
+        assert_eq!(fs.crash_point(), None, "the crash lifts the halt");
+        assert!(fs.list(&dir).is_ok());
+    }
+}
+
+#[test]
+fn a_write_halted_by_a_crash_point_leaves_nothing_or_a_torn_sector_prefix() {
+    let mut kept_lengths = std::collections::BTreeSet::new();
+    for seed in 0..100 {
+        let (fs, dir) = setup(seed);
+        let a = dir.join("a");
+        let file = fs.open(&a, OpenMode::CreateNew).expect("create");
+        append(&file, &[1u8; 100]);
+        fs.crash_at_step(1, seed % 2 == 0);
+        let write = [2u8; 2000];
+        assert!(file.append(&[IoSlice::new(&write[..700]), IoSlice::new(&write[700..])]).is_err());
+        assert!(file.len().is_err(), "the process is gone");
+        fs.crash(CrashMode::ProcessKill);
+        let kept = content(&fs, &a).expect("file exists").len() - 100;
+        assert!(kept < 2000, "a halted write never completes");
+        if seed % 2 == 1 {
+            assert_eq!(kept, 0, "without tear nothing is written");
+        } else {
+            assert_eq!((100 + kept) % 512 * usize::from(kept > 0), 0, "torn at a sector boundary: {kept}");
+        }
+        kept_lengths.insert(kept);
+    }
+    assert!(kept_lengths.len() >= 3, "tears vary: {kept_lengths:?}");
+}
