@@ -232,10 +232,31 @@ pub fn decode_batch(data: &[u8]) {
         };
         let mut patched = BytesMut::from(data);
         patched[BATCH_LENGTH_AT..BATCH_LENGTH_AT + 4].copy_from_slice(&batch_length.to_be_bytes());
-        let crc = crate::batch::batch_checksum(&patched);
-        patched[BATCH_CRC_AT..BATCH_CRC_END].copy_from_slice(&crc.to_be_bytes());
+        fix_checksum(&mut patched);
         check_batch(RecordBatch::decode(patched.freeze()));
     }
+}
+
+/// Rewrites the checksum field of one whole batch (at least up to the checksum field) so it verifies.
+fn fix_checksum(batch: &mut [u8]) {
+    let crc = crate::batch::batch_checksum(batch);
+    batch[BATCH_CRC_AT..BATCH_CRC_END].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// Rewrites the checksum of each whole batch at the front of a run of batches so it verifies, stopping at the first
+/// invalid length or a batch cut short; returns how many it rewrote.
+/// Lets a fuzzer mutate the header fields behind the checksum (offsets, counts, lengths) of stored batches.
+pub fn fix_checksums(batches: &mut [u8]) -> usize {
+    let mut position = 0;
+    let mut n_fixed = 0;
+    while let Some(rest) = batches.get_mut(position..) {
+        let Ok(Some(len)) = crate::batch::peek_batch_length(rest) else { break };
+        let Some(batch) = usize::try_from(len).ok().and_then(|len| rest.get_mut(..len)) else { break };
+        fix_checksum(batch);
+        position += batch.len();
+        n_fixed += 1;
+    }
+    n_fixed
 }
 
 /// Iterates a run of batches to its end.

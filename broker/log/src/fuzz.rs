@@ -13,8 +13,8 @@ use ferry_protocol::batch::{Attributes, BatchHeader, SEQUENCE_MAX, sequence_add}
 use crate::producers::{BATCHES_RETAINED, ProducerError, ProducerTable, SequenceCheck};
 
 pub use segment_recovery::{
-    CLOCK_START_MS, FILES_MAX, FileKind, PARTITION_DIR, PartitionFile, decode_partition, encode_partition,
-    open_partition, read_partition, recovery_config, segment_recovery, write_partition,
+    CLOCK_START_MS, FILES_MAX, FIX_CHECKSUMS_BIT, FileKind, PARTITION_DIR, PartitionFile, decode_partition,
+    encode_partition, open_partition, read_partition, recovery_config, segment_recovery, write_partition,
 };
 
 /// How long the simulated producers' state lives without a write.

@@ -15,7 +15,10 @@
 //!
 //! ```text
 //! offset size field
-//!      0    1 kind     u8 modulo 5: 0 segment `.log`, 1 `.index`, 2 `.timeindex`, 3 `checkpoint`, 4 a leftover `.tmp`
+//!      0    1 kind     u8, its low 7 bits modulo 5: 0 segment `.log`, 1 `.index`, 2 `.timeindex`, 3 `checkpoint`,
+//!                     4 a leftover `.tmp`; with the top bit set, a segment gets the checksum of each of its batches
+//!                     rewritten to verify, so the fuzzer reaches what recovery does with well-formed batches whose
+//!                     headers it mutated
 //!      1    8 base     u64, big-endian: the base offset in the file name (0 for the checkpoint, ignored on input)
 //!      9    2 len      u16, big-endian: bytes of content that follow (fewer when the input ends first)
 //!     11  len content
@@ -42,6 +45,8 @@ use crate::{
 pub const PARTITION_DIR: &str = "/data/orders-0";
 /// Most file records one input describes.
 pub const FILES_MAX: usize = 8;
+/// The bit of a kind byte that asks for the checksums of a segment's batches to be rewritten.
+pub const FIX_CHECKSUMS_BIT: u8 = 0x80;
 /// Size of a file record's header: kind, base, length.
 const FILE_HEADER_BYTES: usize = 1 + 8 + 2;
 /// The clock of every open, in ms since the Unix epoch.
@@ -138,13 +143,17 @@ pub fn decode_partition(mut input: &[u8]) -> Vec<PartitionFile> {
     let mut files = Vec::new();
     while files.len() < FILES_MAX {
         let Some((header, rest)) = input.split_first_chunk::<FILE_HEADER_BYTES>() else { break };
-        let kind = FileKind::ALL[usize::from(header[0]) % FileKind::ALL.len()];
+        let kind = FileKind::ALL[usize::from(header[0] & !FIX_CHECKSUMS_BIT) % FileKind::ALL.len()];
         let mut base = [0u8; 8];
         base.copy_from_slice(&header[1..9]);
         let base = if kind == FileKind::Checkpoint { 0 } else { u64::from_be_bytes(base) };
         let len = usize::from(u16::from_be_bytes([header[9], header[10]])).min(rest.len());
         let (content, rest) = rest.split_at(len);
-        files.push(PartitionFile { kind, base, content: content.to_vec() });
+        let mut content = content.to_vec();
+        if kind == FileKind::Segment && header[0] & FIX_CHECKSUMS_BIT != 0 {
+            ferry_protocol::fuzz::fix_checksums(&mut content);
+        }
+        files.push(PartitionFile { kind, base, content });
         input = rest;
     }
     files
