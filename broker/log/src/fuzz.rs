@@ -1,11 +1,21 @@
 //! Fuzz entry points, shared by the cargo-fuzz targets in `broker/log/fuzz/` and the tests that replay their committed
 //! corpus under stable `cargo test`. Not part of the crate's API.
+//!
+//! Targets: [`producer_table`] (the dedup table against a model) and [`segment_recovery`] (a partition directory of
+//! arbitrary files, recovered).
+
+mod segment_recovery;
 
 use std::collections::{HashSet, VecDeque};
 
 use ferry_protocol::batch::{Attributes, BatchHeader, SEQUENCE_MAX, sequence_add};
 
 use crate::producers::{BATCHES_RETAINED, ProducerError, ProducerTable, SequenceCheck};
+
+pub use segment_recovery::{
+    CLOCK_START_MS, FILES_MAX, FIX_CHECKSUMS_BIT, FileKind, PARTITION_DIR, PartitionFile, decode_partition,
+    encode_partition, open_partition, read_partition, recovery_config, segment_recovery, write_partition,
+};
 
 /// How long the simulated producers' state lives without a write.
 const EXPIRATION_MS: i64 = 60_000;
