@@ -129,18 +129,18 @@ pub enum PartitionsError {
     /// The metadata store failed.
     #[error("metadata store error")]
     Meta(#[source] MetaError),
-    /// `logs/` holds a topic directory the metadata store does not know that it cannot be a leftover of: its id was
-    /// never assigned, or it holds records. The store lost writes it had acknowledged (damaged, restored from an
-    /// older copy, or replaced by an empty one). Serving would hide the topic's records and could assign its id
-    /// again, so the broker refuses to start and touches nothing.
+    /// The partition logs hold what the metadata store never issued or does not know: a topic directory with an id
+    /// it never assigned or with records, or a producer id at or above its next one. The store lost writes it had
+    /// acknowledged (damaged, restored from an older copy, or replaced by an empty one). Serving would hide records
+    /// and issue ids again, so the broker refuses to start and touches nothing.
     #[error(
-        "the metadata store is behind the partition logs: it does not know {dir} ({why}); the metadata store lost \
-         writes (damaged, or restored from an older copy); refusing to start"
+        "the metadata store is behind the partition logs: {dir}: {why}; the metadata store lost writes (damaged, \
+         or restored from an older copy); refusing to start"
     )]
     MetaBehindLogs {
-        /// The topic directory.
+        /// The topic or partition directory.
         dir: PathBuf,
-        /// Why it cannot be a leftover.
+        /// What in it the store does not know.
         why: String,
     },
     /// A partition log could not be opened, started or shut down.
@@ -390,6 +390,7 @@ impl Partitions {
             );
         }
         let mut opened = open_partitions(jobs).await?;
+        check_producer_ids_issued(&meta, &logs_dir, &records, &opened)?;
         for record in records {
             let mut topic_opened: Vec<Opened> = opened.remove(&record.name).unwrap_or_default();
             topic_opened.sort_by_key(|opened| opened.partition);
@@ -598,6 +599,29 @@ impl Partitions {
 /// The directory of a topic: `<logs>/<id:020>-<name>`.
 pub fn topic_dir(logs_dir: &Path, record: &TopicRecord) -> PathBuf {
     logs_dir.join(format!("{:020}-{}", record.id, record.name))
+}
+
+/// Checks that the metadata store issued every producer id the partition logs hold: a store that lost writes (a
+/// restored older copy, a write-ahead log cut at a record boundary) would issue those ids again, and the new
+/// producer's records would be taken for the old one's duplicates and dropped.
+fn check_producer_ids_issued(
+    meta: &MetaStore,
+    logs_dir: &Path,
+    records: &[TopicRecord],
+    opened: &BTreeMap<String, Vec<Opened>>,
+) -> Result<(), PartitionsError> {
+    let next_id = meta.next_producer_id();
+    for record in records {
+        for partition in opened.get(&record.name).into_iter().flatten() {
+            let max_id = partition.appender.rebuild_report().max_producer_id;
+            if let Some(id) = max_id.filter(|id| u64::try_from(*id).is_ok_and(|id| id >= next_id)) {
+                let why = format!("producer id {id} wrote to it, but the store's next producer id is {next_id}");
+                let dir = partition_dir(logs_dir, record, partition.partition);
+                return Err(PartitionsError::MetaBehindLogs { dir, why });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The topic id in a topic directory's name (`<id:020>-<name>`), if it has that shape.
@@ -881,11 +905,11 @@ fn prepare_logs_dir(
         // A topic's directory is created after its record and removed before it, so the only leftover the broker
         // makes is a directory of empty segments whose creation was rolled back, with an id the store assigned.
         if let Some(id) = topic_id_of_dir(&path).filter(|id| *id >= next_id) {
-            let why = format!("topic id {id}, but the store's next topic id is {next_id}");
+            let why = format!("a topic directory the store does not know, with topic id {id} (next: {next_id})");
             return Err(PartitionsError::MetaBehindLogs { dir: path, why });
         }
         if let Some(segment) = first_nonempty_segment(&path)? {
-            let why = format!("{} holds records", segment.display());
+            let why = format!("a topic directory the store does not know, with records in {}", segment.display());
             return Err(PartitionsError::MetaBehindLogs { dir: path, why });
         }
         unknown.push(path);

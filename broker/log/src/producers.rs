@@ -397,6 +397,8 @@ pub struct RebuildReport {
     pub batches_replayed: u64,
     /// Producer ids tracked afterwards.
     pub producers: usize,
+    /// The highest producer id tracked afterwards: the broker checks that its metadata store issued it.
+    pub max_producer_id: Option<i64>,
 }
 
 /// Replay reads at most this many bytes at a time.
@@ -436,8 +438,13 @@ pub fn rebuild(log: &dyn PartitionLog, setup: &ProducerSetup) -> Result<(Produce
         }
         from = slice.next_offset;
     }
-    let report =
-        RebuildReport { from_snapshot: usable.is_some(), replayed_from, batches_replayed, producers: table.len() };
+    let report = RebuildReport {
+        from_snapshot: usable.is_some(),
+        replayed_from,
+        batches_replayed,
+        producers: table.len(),
+        max_producer_id: table.entries.keys().copied().max(),
+    };
     Ok((table, report))
 }
 

@@ -162,6 +162,11 @@ impl MetaStore {
         Ok(stored)
     }
 
+    /// The id the next producer will get: every id this store ever issued is lower.
+    pub fn next_producer_id(&self) -> u64 {
+        *self.next_producer_id.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Every issued producer id still stored, in id order.
     pub fn producer_ids(&self) -> Result<Vec<StoredProducerId>, MetaError> {
         let mut ids = Vec::new();

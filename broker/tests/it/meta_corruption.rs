@@ -267,3 +267,41 @@ async fn a_metadata_store_behind_the_partition_logs_is_refused_not_served_empty(
     // Nothing was touched: the logs are all there.
     assert_eq!(std::fs::read_dir(&logs).expect("logs/").count(), TOPICS.len() + 1);
 }
+
+/// An operator restores `meta/` from a copy taken before producers wrote (the logs are newer): the store knows
+/// every topic but would issue the producers' ids again, and a new producer's records would be dropped as the
+/// old one's duplicates. The producer ids in the logs give it away: the broker refuses to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metadata_store_older_than_the_producer_ids_in_the_logs_is_refused() {
+    let data_dir = tempfile::tempdir().expect("tempdir");
+    let mut broker = tokio::task::block_in_place(|| start(data_dir.path()));
+    let addr = tokio::task::block_in_place(|| client_address(&mut broker)).to_string();
+    let admin = Admin::new(addr.clone(), ConnectionConfig::default()).expect("admin");
+    admin.create_topic(TOPICS[0], PARTITIONS, Default::default()).await.expect("create a topic");
+    admin.close().await;
+    tokio::task::block_in_place(|| {
+        broker.signal(libc::SIGTERM);
+        broker.wait_for_exit();
+    });
+    let older = tempfile::tempdir().expect("tempdir");
+    copy_dir(&data_dir.path().join("meta"), older.path());
+
+    let mut broker = tokio::task::block_in_place(|| start(data_dir.path()));
+    let addr = tokio::task::block_in_place(|| client_address(&mut broker)).to_string();
+    let producer = Producer::new(addr, ProducerConfig::default()).expect("producer");
+    producer.send(ProducerRecord::new(TOPICS[0], "from producer id 1")).await.expect("send").await.expect("acked");
+    producer.close().await.expect("close");
+    tokio::task::block_in_place(|| {
+        broker.signal(libc::SIGTERM);
+        broker.wait_for_exit();
+    });
+
+    std::fs::remove_dir_all(data_dir.path().join("meta")).expect("remove meta/");
+    copy_dir(older.path(), &data_dir.path().join("meta"));
+    let broker = tokio::task::block_in_place(|| start(data_dir.path()));
+    let (status, log) = tokio::task::block_in_place(|| broker.wait_for_exit());
+    assert_eq!(status.code(), Some(1), "{log:#?}");
+    let error = log.iter().find(|line| line.starts_with("ferry-broker: error: ")).expect("an error line");
+    assert!(error.contains("the metadata store is behind the partition logs"), "{error}");
+    assert!(error.contains("producer id 1 wrote to it, but the store's next producer id is 1"), "{error}");
+}
