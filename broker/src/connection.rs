@@ -17,7 +17,9 @@
 //! - Idle timeout: with no request in flight and nothing received for `server.idle_timeout_ms`, the connection
 //!   is closed.
 //! - The read buffer holds at most one frame plus one read chunk ([`READ_CHUNK_BYTES`]): the reader reads only
-//!   while no whole frame is buffered.
+//!   while no whole frame is buffered. It is allocated only once bytes are ready to be read, sized to the frame
+//!   being read, and let go between frames, so an idle connection holds no read buffer and a trickling one a small
+//!   one.
 //!
 //! A frame that does not decode (a length over the limit or under the header size, an unknown api key or version,
 //! a malformed body, reserved flags) is answered with an error frame carrying [`ProtocolError::error_code`] and
@@ -54,7 +56,7 @@ use ferry_protocol::frame::{FRAME_HEADER_BYTES, FRAME_LENGTH_PREFIX_BYTES, Frame
 use ferry_protocol::messages::{ErrorResponse, error_code_to_wire};
 use ferry_protocol::{ApiKey, ErrorCode, Frame, FrameCodec, ProtocolError, Request, Response};
 use metrics::Gauge;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -69,8 +71,13 @@ use crate::metrics::{
 };
 use crate::server::{ServerState, linger};
 
-/// Bytes the reader asks the socket for at a time (the buffer grows by at most this beyond one frame).
+/// Most bytes the reader asks the socket for at a time (the buffer grows by at most this beyond one frame).
 pub const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Bytes the reader asks the socket for when it does not know the current frame's length yet, or the frame needs
+/// less: the read buffer of a connection that is idle between frames is empty (no allocation), and one trickling a
+/// frame holds at most this beyond what it sent.
+pub const READ_START_BYTES: usize = 4 * 1024;
 
 /// Bytes of encoded responses queued for one connection's writer; a response waits for room (a response larger
 /// than the whole queue waits for the queue to be empty). Two maximal frames, so a large fetch response can be
@@ -226,7 +233,7 @@ impl Reader {
         let server = &self.state.config.server;
         let (idle_timeout, read_timeout) = (server.idle_timeout, server.request_read_timeout);
         let mut codec = FrameCodec::with_max_frame_bytes(server.frame_bytes_max);
-        let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+        let mut buf = BytesMut::new();
         let mut last_activity = Instant::now();
         // When the first byte of the frame now partly in `buf` arrived (or when reading resumed).
         let mut partial_since: Option<Instant> = None;
@@ -263,21 +270,33 @@ impl Reader {
                 Some(since) => (since + read_timeout, Stop::RequestReadTimeout),
                 None => (last_activity + idle_timeout, Stop::IdleTimeout),
             };
-            buf.reserve(READ_CHUNK_BYTES);
+            if buf.is_empty() {
+                // Between frames, hold no buffer: the decoded frames keep what they use, and an idle connection
+                // costs no read buffer at all.
+                buf = BytesMut::new();
+            }
             tokio::select! {
                 biased;
                 () = self.cancel.cancelled() => return Stop::Closing,
-                read = self.read_half.read_buf(&mut buf) => match read {
-                    Ok(0) => {
-                        if !buf.is_empty() {
-                            tracing::debug!(peer = %self.peer, bytes = buf.len(), "peer closed mid-frame");
-                        }
-                        return Stop::PeerClosed;
-                    }
-                    Ok(_) => last_activity = Instant::now(),
-                    Err(error) => {
+                ready = self.read_half.readable() => {
+                    if let Err(error) = ready {
                         tracing::debug!(peer = %self.peer, %error, "read failed");
                         return Stop::ReadError;
+                    }
+                    buf.reserve(read_reserve_bytes(&buf, codec.max_frame_bytes()));
+                    match self.read_half.try_read_buf(&mut buf) {
+                        Ok(0) => {
+                            if !buf.is_empty() {
+                                tracing::debug!(peer = %self.peer, bytes = buf.len(), "peer closed mid-frame");
+                            }
+                            return Stop::PeerClosed;
+                        }
+                        Ok(_) => last_activity = Instant::now(),
+                        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(error) => {
+                            tracing::debug!(peer = %self.peer, %error, "read failed");
+                            return Stop::ReadError;
+                        }
                     }
                 },
                 () = sleep_until(deadline) => {
@@ -362,6 +381,16 @@ impl Reader {
         });
         let bytes = encode_response(&header, &response);
         let _ = self.queue.send(bytes, true, None).await;
+    }
+}
+
+/// How much room to make in the read buffer `buf` for the next read: the rest of the current frame when its
+/// length is known (at least [`READ_START_BYTES`], so small pipelined frames arrive together; at most
+/// [`READ_CHUNK_BYTES`]), else [`READ_START_BYTES`]. A connection trickling a small frame so holds a small buffer.
+fn read_reserve_bytes(buf: &[u8], frame_bytes_max: u32) -> usize {
+    match Frame::peek_len(buf, frame_bytes_max) {
+        Ok(Some(frame_wire_len)) => frame_wire_len.saturating_sub(buf.len()).clamp(READ_START_BYTES, READ_CHUNK_BYTES),
+        Ok(None) | Err(_) => READ_START_BYTES,
     }
 }
 
