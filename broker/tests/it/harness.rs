@@ -114,7 +114,12 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
 
 /// The client address of a `ferry-broker` process, once it is ready (from its `listening on ADDR` line).
 pub fn client_address(broker: &mut BrokerProcess) -> SocketAddr {
-    broker.wait_until_ready();
+    addresses(broker).0
+}
+
+/// The client and `/metrics` addresses of a `ferry-broker` process, once it is ready.
+pub fn addresses(broker: &mut BrokerProcess) -> (SocketAddr, SocketAddr) {
+    let metrics = broker.wait_until_ready();
     let line = broker
         .log
         .iter()
@@ -122,7 +127,8 @@ pub fn client_address(broker: &mut BrokerProcess) -> SocketAddr {
         .unwrap_or_else(|| panic!("no `listening on` line; log: {:#?}", broker.log))
         .clone();
     let address = line.rsplit("listening on ").next().expect("rsplit yields a part").trim();
-    address.parse().unwrap_or_else(|error| panic!("bad address in {line:?}: {error}"))
+    let client = address.parse().unwrap_or_else(|error| panic!("bad address in {line:?}: {error}"));
+    (client, metrics)
 }
 
 /// Reads one frame from a raw connection; `None` when the broker closed it (end of stream or reset) first.
