@@ -420,8 +420,8 @@ pub struct ServerConfig {
     /// kept for frames of at most 64 KiB, so small requests never wait behind large ones. Bounds the memory of
     /// requests whatever the number of connections (`ferry_request_bytes`, `ferry_request_budget_waits_total`).
     pub request_bytes_max: u64,
-    /// `server.response_bytes_max`, bytes, default 256 MiB, bounds [`bounds::RESPONSE_BYTES`]: the broker-wide budget of
-    /// responses queued for clients or reserved by fetches before they read (each connection also has its own
+    /// `server.response_bytes_max`, bytes, default 256 MiB, bounds [`bounds::RESPONSE_BYTES`]: the broker-wide budget
+    /// of responses queued for clients or reserved by fetches before they read (each connection also has its own
     /// 16 MiB queue). A fetch waits for room before it reads the log, another response before it is queued; room
     /// comes back as responses are written, or when `write_timeout_ms` closes a client that stopped reading. Bounds
     /// the memory of responses whatever the number of connections (`ferry_response_bytes`,

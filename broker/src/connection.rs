@@ -38,7 +38,12 @@
 //! that stops reading its responses soon stops the reader too. A fetch takes room for its whole byte budget
 //! *before* it reads, so the fetch responses one connection holds (queued, or read and waiting) never exceed the
 //! queue: a consumer that does not read its responses cannot make the broker read the log into memory for it.
-//! The writer coalesces small responses into one write. A write that makes no progress for `server.write_timeout_ms` closes the connection.
+//! Every response, and every fetch before it reads, also takes room in the broker-wide response budget
+//! (`server.response_bytes_max`, see [`ResponseRoom`]); when that is short a fetch takes what is free, down to
+//! [`crate::handlers::fetch::FETCH_BYTES_UNDER_PRESSURE`] of records, and reads less, so consumers that stop
+//! reading cannot make the broker hold more than the budget whatever their number.
+//! The writer coalesces small responses into one write.
+//! A write that makes no progress for `server.write_timeout_ms` closes the connection.
 //!
 //! # Closing
 //!
