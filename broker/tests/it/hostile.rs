@@ -99,7 +99,7 @@ const IDLE_CONNECTIONS: u64 = 1500;
 /// Connections trickling a frame one byte every one to four seconds.
 const SLOWLORIS_CONNECTIONS: u64 = 500;
 /// Connections opened at once by each flood; with the crowd they pass `connections_max`.
-const FLOOD_CONNECTIONS: u64 = 500;
+const FLOOD_CONNECTIONS: u64 = 800;
 /// Consumers that pipeline fetches and never read their socket.
 const STALLED_CONSUMERS: u64 = 8;
 /// Fetches each stalled consumer pipelines (the broker's in-flight bound is 64).
@@ -114,6 +114,9 @@ const PARTITIONS: u32 = 2;
 const TOPIC: &str = "wellbehaved";
 /// Topics the fuzzers' produces and fetches name.
 const HOSTILE_TOPICS: u32 = 4;
+/// The topic of the million-header produce: no fuzzer names it either, so a fuzzed DeleteTopics cannot turn the
+/// expected `CORRUPT_MESSAGE` into `UNKNOWN_TOPIC_OR_PARTITION`.
+const HEADERS_TOPIC: &str = "headers";
 /// Time the well-behaved workload runs alone before the baseline is measured, and how long it is measured.
 const WARM_UP: Duration = Duration::from_secs(10);
 const BASELINE_WINDOW: Duration = Duration::from_secs(5);
@@ -344,6 +347,7 @@ async fn hostile_clients_leave_the_broker_up_bounded_and_well_behaved_clients_un
     for idx in 0..HOSTILE_TOPICS {
         admin.create_topic(&format!("hostile-{idx}"), 1, Default::default()).await.expect("create a hostile topic");
     }
+    admin.create_topic(HEADERS_TOPIC, 1, Default::default()).await.expect("create the million-headers topic");
     admin.close().await;
 
     // The well-behaved clients connect first and keep their connections.
@@ -746,8 +750,8 @@ fn put_varint(out: &mut BytesMut, mut value: u64) {
     out.put_u8(value as u8);
 }
 
-/// A produce to `hostile-0` whose one record carries a million empty headers (2 bytes each: an empty key and a null
-/// value), far over `RECORD_HEADERS_MAX`; written by hand, since the batch builder refuses it.
+/// A produce to [`HEADERS_TOPIC`] whose one record carries a million empty headers (2 bytes each: an empty key and a
+/// null value), far over `RECORD_HEADERS_MAX`; written by hand, since the batch builder refuses it.
 fn million_headers_produce() -> Bytes {
     // Build a valid one-record batch, then splice the headers into its record and fix lengths and checksum.
     let mut builder = BatchBuilder::new();
@@ -775,7 +779,7 @@ fn million_headers_produce() -> Bytes {
         acks: 0,
         timeout_ms: 0,
         topics: vec![ProduceTopic {
-            name: "hostile-0".to_owned(),
+            name: HEADERS_TOPIC.to_owned(),
             partitions: vec![ProducePartition { partition: 0, records: batch_bytes.freeze() }],
         }],
     });
