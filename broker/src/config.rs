@@ -95,6 +95,11 @@ pub mod bounds {
     pub const REQUEST_TIMEOUT_MS: Bounds = Bounds { min: 100, max: 600_000 };
     /// `server.write_timeout_ms`: 100 ms to 10 minutes.
     pub const WRITE_TIMEOUT_MS: Bounds = Bounds { min: 100, max: 600_000 };
+    /// `server.request_bytes_max`: 12 MiB (three quarters hold a frame of the largest `server.frame_bytes_max`; checked
+    /// against the configured one too) to 64 GiB.
+    pub const REQUEST_BYTES: Bounds = Bounds { min: 12 << 20, max: 64 << 30 };
+    /// `server.response_bytes_max`: at least one response of the largest frame (8 MiB), at most 64 GiB.
+    pub const RESPONSE_BYTES: Bounds = Bounds { min: FRAME_BYTES_MAX as u64, max: 64 << 30 };
     /// `server.fetch_bytes_max`: 1 KiB to the wire format's `BATCH_BYTES_MAX`, so that a response with a
     /// maximal batch and the frame overhead still fits in a frame.
     pub const FETCH_BYTES: Bounds = Bounds { min: 1024, max: BATCH_BYTES_MAX as u64 };
@@ -407,6 +412,21 @@ pub struct ServerConfig {
     /// `log.batch_bytes_max` plus the frame overhead (64 KiB): a larger frame is a decode error and closes the
     /// connection. Reported to clients at version negotiation.
     pub frame_bytes_max: u32,
+    /// `server.request_bytes_max`, bytes, default 128 MiB, bounds [`bounds::REQUEST_BYTES`]: the broker-wide budget of
+    /// request frames being read or handled (Kafka's `queued.max.request.bytes`). A frame is charged its whole
+    /// length as soon as its length prefix arrives, before its body is read, until its request completes; when the
+    /// budget is spent, a connection waits (reading nothing more; the wait does not count against its request-read
+    /// timeout) until earlier requests complete or partial frames are cut by `request_read_timeout_ms`. A quarter is
+    /// kept for frames of at most 64 KiB, so small requests never wait behind large ones. Bounds the memory of
+    /// requests whatever the number of connections (`ferry_request_bytes`, `ferry_request_budget_waits_total`).
+    pub request_bytes_max: u64,
+    /// `server.response_bytes_max`, bytes, default 256 MiB, bounds [`bounds::RESPONSE_BYTES`]: the broker-wide budget
+    /// of responses queued for clients or reserved by fetches before they read (each connection also has its own
+    /// 16 MiB queue). A fetch waits for room before it reads the log, another response before it is queued; room
+    /// comes back as responses are written, or when `write_timeout_ms` closes a client that stopped reading. Bounds
+    /// the memory of responses whatever the number of connections (`ferry_response_bytes`,
+    /// `ferry_response_budget_waits_total`).
+    pub response_bytes_max: u64,
     /// `server.partitions_per_topic_max`, default `PARTITIONS_PER_TOPIC_MAX` (1024),
     /// bounds [`bounds::PARTITIONS_PER_TOPIC`]: creating a topic with more partitions gets `INVALID_PARTITIONS`.
     pub partitions_per_topic_max: u32,
@@ -474,6 +494,8 @@ impl Default for ServerConfig {
             request_read_timeout: Duration::from_secs(30),
             fetch_wait_max: Duration::from_secs(30),
             frame_bytes_max: FRAME_BYTES_MAX,
+            request_bytes_max: 128 << 20,
+            response_bytes_max: 256 << 20,
             partitions_per_topic_max: PARTITIONS_PER_TOPIC_MAX,
             request_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(30),
@@ -607,6 +629,8 @@ impl Config {
         check("server.request_read_timeout_ms", millis(server.request_read_timeout), bounds::REQUEST_READ_TIMEOUT_MS)?;
         check("server.fetch_wait_ms_max", millis(server.fetch_wait_max), bounds::FETCH_WAIT_MS)?;
         check("server.frame_bytes_max", server.frame_bytes_max.into(), bounds::FRAME_BYTES)?;
+        check("server.request_bytes_max", server.request_bytes_max, bounds::REQUEST_BYTES)?;
+        check("server.response_bytes_max", server.response_bytes_max, bounds::RESPONSE_BYTES)?;
         check("server.partitions_per_topic_max", server.partitions_per_topic_max.into(), bounds::PARTITIONS_PER_TOPIC)?;
         check("server.request_timeout_ms", millis(server.request_timeout), bounds::REQUEST_TIMEOUT_MS)?;
         check("server.write_timeout_ms", millis(server.write_timeout), bounds::WRITE_TIMEOUT_MS)?;
@@ -662,6 +686,13 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "server.frame_bytes_max",
                 reason: "is smaller than log.batch_bytes_max plus the 64 KiB frame overhead",
+            });
+        }
+        if server.request_bytes_max - server.request_bytes_max / 4 < u64::from(server.frame_bytes_max) + 4 {
+            return Err(ConfigError::Invalid {
+                key: "server.request_bytes_max",
+                reason: "has less than one frame of server.frame_bytes_max (plus its 4-byte length prefix) beyond the \
+                         quarter kept for small frames",
             });
         }
         Ok(())

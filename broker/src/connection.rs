@@ -16,8 +16,13 @@
 //!   trickles bytes cannot hold a connection and its buffer forever.
 //! - Idle timeout: with no request in flight and nothing received for `server.idle_timeout_ms`, the connection
 //!   is closed.
-//! - The read buffer holds at most one frame plus one read chunk ([`READ_CHUNK_BYTES`]): the reader reads only
-//!   while no whole frame is buffered.
+//! - Request budget: a frame is charged to the broker-wide budget (`server.request_bytes_max`, see
+//!   [`crate::server::RequestBudget`]) as soon as its length prefix has arrived, before its body is read, until its
+//!   request completes; when the budget is spent the reader waits (that wait does not count against the
+//!   request-read timeout). So twenty clients sending frames near the limit cannot make the broker buffer them all.
+//! - The read buffer holds at most one frame plus [`READ_START_BYTES`]: the reader reads only while no whole frame
+//!   is buffered. It is allocated only once bytes are ready to be read, sized to the frame being read, and let go
+//!   between frames, so an idle connection holds no read buffer and a trickling one a small one.
 //!
 //! A frame that does not decode (a length over the limit or under the header size, an unknown api key or version,
 //! a malformed body, reserved flags) is answered with an error frame carrying [`ProtocolError::error_code`] and
@@ -32,8 +37,13 @@
 //! ([`RESPONSE_QUEUE_BYTES_MAX`]): a task waits for room before queueing, holding its in-flight slot, so a client
 //! that stops reading its responses soon stops the reader too. A fetch takes room for its whole byte budget
 //! *before* it reads, so the fetch responses one connection holds (queued, or read and waiting) never exceed the
-//! queue: a consumer that does not read its responses cannot make the broker read the log into memory for it. The writer coalesces small responses
-//! into one write. A write that makes no progress for `server.write_timeout_ms` closes the connection.
+//! queue: a consumer that does not read its responses cannot make the broker read the log into memory for it.
+//! Every response, and every fetch before it reads, also takes room in the broker-wide response budget
+//! (`server.response_bytes_max`, see [`ResponseRoom`]); when that is short a fetch takes what is free, down to
+//! [`crate::handlers::fetch::FETCH_BYTES_UNDER_PRESSURE`] of records, and reads less, so consumers that stop
+//! reading cannot make the broker hold more than the budget whatever their number.
+//! The writer coalesces small responses into one write.
+//! A write that makes no progress for `server.write_timeout_ms` closes the connection.
 //!
 //! # Closing
 //!
@@ -41,9 +51,9 @@
 //! flight then finish (long polls answer at once), the writer sends their responses and closes. Acks=none produce
 //! requests never get a response.
 //!
-//! Worst-case memory of one connection: `frame_bytes_max + READ_CHUNK_BYTES` (read buffer)
-//! `+ in_flight_requests_max * frame_bytes_max` (requests being handled, each holding its request frame; only
-//! small responses wait outside the queue) `+ RESPONSE_QUEUE_BYTES_MAX` (queued or reserved responses).
+//! Worst-case memory of one connection: [`READ_START_BYTES`] beyond its frames (read buffer) plus its frames
+//! (being read or handled; all connections' frames together are bounded by `server.request_bytes_max`)
+//! `+ RESPONSE_QUEUE_BYTES_MAX` (queued or reserved responses), plus a few KiB of task and queue state.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -54,7 +64,7 @@ use ferry_protocol::frame::{FRAME_HEADER_BYTES, FRAME_LENGTH_PREFIX_BYTES, Frame
 use ferry_protocol::messages::{ErrorResponse, error_code_to_wire};
 use ferry_protocol::{ApiKey, ErrorCode, Frame, FrameCodec, ProtocolError, Request, Response};
 use metrics::Gauge;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -67,10 +77,12 @@ use crate::metrics::{
     CONNECTIONS_OPEN, CONNECTIONS_REJECTED_TOTAL, LABEL_API, LABEL_REASON, LABEL_RESULT, REQUEST_DURATION_SECONDS,
     REQUESTS_TOTAL,
 };
-use crate::server::{ServerState, linger};
+use crate::server::{BudgetCharge, ServerState, linger};
 
-/// Bytes the reader asks the socket for at a time (the buffer grows by at most this beyond one frame).
-pub const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// Bytes the reader asks the socket for when it does not know the current frame's length yet, or the frame needs
+/// less: the read buffer of a connection that is idle between frames is empty (no allocation), one trickling a
+/// frame holds at most this beyond what it sent, and a buffer holds at most this beyond one frame.
+pub const READ_START_BYTES: usize = 4 * 1024;
 
 /// Bytes of encoded responses queued for one connection's writer; a response waits for room (a response larger
 /// than the whole queue waits for the queue to be empty). Two maximal frames, so a large fetch response can be
@@ -81,13 +93,58 @@ pub const RESPONSE_QUEUE_BYTES_MAX: usize = 2 * ferry_protocol::limits::FRAME_BY
 /// larger responses are written as they are.
 pub const WRITE_COALESCE_BYTES: usize = 256 * 1024;
 
-/// One encoded frame for the writer, holding its share of the response queue until it is written.
+/// One encoded frame for the writer, holding its share of the response queue and of the broker's response budget
+/// until it is written.
 #[derive(Debug)]
 struct Outbound {
     bytes: Bytes,
     /// Close the connection once this frame is written (error frames after a decode error).
     close_after: bool,
-    _room: OwnedSemaphorePermit,
+    _room: ResponseRoom,
+}
+
+/// Room for one response: its share of its connection's queue and of the broker-wide response budget
+/// (`server.response_bytes_max`). A fetch reserves it before it reads.
+#[derive(Debug)]
+pub(crate) struct ResponseRoom {
+    queue: OwnedSemaphorePermit,
+    broker: BudgetCharge,
+}
+
+impl ResponseRoom {
+    /// Waits for `bytes` of room in the connection's queue `queue_room`, then in the broker's budget; `None` if the
+    /// connection's writer has stopped.
+    async fn reserve(state: &ServerState, queue_room: &Arc<Semaphore>, bytes: usize) -> Option<ResponseRoom> {
+        ResponseRoom::reserve_between(state, queue_room, bytes, bytes).await
+    }
+
+    /// Like [`ResponseRoom::reserve`], taking as much of `bytes_max` of the broker's budget as is free at once but at
+    /// least `bytes_min` (see [`crate::server::ByteBudget::charge_between`]); the queue room is shrunk to match.
+    pub(crate) async fn reserve_between(
+        state: &ServerState,
+        queue_room: &Arc<Semaphore>,
+        bytes_min: usize,
+        bytes_max: usize,
+    ) -> Option<ResponseRoom> {
+        let bytes_max = bytes_max.clamp(1, RESPONSE_QUEUE_BYTES_MAX);
+        let permits = u32::try_from(bytes_max).expect("RESPONSE_QUEUE_BYTES_MAX fits in u32");
+        let queue = Arc::clone(queue_room).acquire_many_owned(permits).await.ok()?;
+        let broker = state.response_budget.charge_between(bytes_min, bytes_max).await;
+        let mut room = ResponseRoom { queue, broker };
+        room.shrink_to(room.broker.bytes());
+        Some(room)
+    }
+
+    /// Bytes of queue room held.
+    pub(crate) fn bytes(&self) -> usize {
+        self.queue.num_permits()
+    }
+
+    /// Gives back all but `bytes` of the room.
+    fn shrink_to(&mut self, bytes: usize) {
+        drop(self.queue.split(self.queue.num_permits().saturating_sub(bytes)));
+        self.broker.shrink_to(bytes);
+    }
 }
 
 /// The sending side of the writer's byte-bounded queue; cloned into every request task. `room` holds one permit
@@ -96,6 +153,7 @@ struct Outbound {
 struct ResponseQueue {
     sender: mpsc::Sender<Outbound>,
     room: Arc<Semaphore>,
+    state: Arc<ServerState>,
 }
 
 /// The writer is gone (the connection is closing); the response is dropped.
@@ -105,23 +163,17 @@ struct QueueClosed;
 impl ResponseQueue {
     /// Queues a frame, waiting for room; `reserved` is room the request took before it built the response
     /// (fetches), used if it is enough (the excess is released), else released before waiting for room.
-    async fn send(
-        &self,
-        bytes: Bytes,
-        close_after: bool,
-        reserved: Option<OwnedSemaphorePermit>,
-    ) -> Result<(), QueueClosed> {
+    async fn send(&self, bytes: Bytes, close_after: bool, reserved: Option<ResponseRoom>) -> Result<(), QueueClosed> {
         let share = bytes.len().clamp(1, RESPONSE_QUEUE_BYTES_MAX);
         let room = match reserved {
-            Some(mut reserved) if reserved.num_permits() >= share => {
-                drop(reserved.split(reserved.num_permits() - share));
+            Some(mut reserved) if reserved.bytes() >= share => {
+                reserved.shrink_to(share);
                 reserved
             }
             // Not enough: let go of it first, so that waiting for room never holds room.
             other => {
                 drop(other);
-                let share = u32::try_from(share).expect("RESPONSE_QUEUE_BYTES_MAX fits in u32");
-                Arc::clone(&self.room).acquire_many_owned(share).await.map_err(|_| QueueClosed)?
+                ResponseRoom::reserve(&self.state, &self.room, share).await.ok_or(QueueClosed)?
             }
         };
         self.sender.send(Outbound { bytes, close_after, _room: room }).await.map_err(|_| QueueClosed)
@@ -179,7 +231,7 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, state: Arc<Server
     // One response per request in flight, plus an error frame.
     let (sender, receiver) = mpsc::channel(in_flight_max.saturating_add(1));
     let room = Arc::new(Semaphore::new(RESPONSE_QUEUE_BYTES_MAX));
-    let queue = ResponseQueue { sender, room: Arc::clone(&room) };
+    let queue = ResponseQueue { sender, room: Arc::clone(&room), state: Arc::clone(&state) };
     let reader = Reader {
         read_half,
         state: Arc::clone(&state),
@@ -226,14 +278,29 @@ impl Reader {
         let server = &self.state.config.server;
         let (idle_timeout, read_timeout) = (server.idle_timeout, server.request_read_timeout);
         let mut codec = FrameCodec::with_max_frame_bytes(server.frame_bytes_max);
-        let mut buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
+        let mut buf = BytesMut::new();
         let mut last_activity = Instant::now();
         // When the first byte of the frame now partly in `buf` arrived (or when reading resumed).
         let mut partial_since: Option<Instant> = None;
+        // The current frame's charge to the broker's request budget, taken once its length is known.
+        let mut charge: Option<BudgetCharge> = None;
         loop {
             match codec.decode(&mut buf) {
                 Ok(Some(frame)) => {
                     partial_since = None;
+                    let charge = match charge.take() {
+                        Some(charge) => charge,
+                        // The frame arrived whole in one read.
+                        None => {
+                            let frame_wire_len =
+                                FRAME_LENGTH_PREFIX_BYTES + FRAME_HEADER_BYTES as usize + frame.body.len();
+                            tokio::select! {
+                                biased;
+                                () = self.cancel.cancelled() => return Stop::Closing,
+                                charge = self.state.request_budget.charge(frame_wire_len) => charge,
+                            }
+                        }
+                    };
                     let permit = tokio::select! {
                         biased;
                         () = self.cancel.cancelled() => return Stop::Closing,
@@ -242,7 +309,7 @@ impl Reader {
                         }
                     };
                     last_activity = Instant::now();
-                    if self.dispatch(frame, permit).await.is_err() {
+                    if self.dispatch(frame, permit, charge).await.is_err() {
                         return Stop::DecodeError;
                     }
                     continue;
@@ -251,6 +318,21 @@ impl Reader {
                 Err(error) => {
                     self.reject_frame(error, None, &buf).await;
                     return Stop::DecodeError;
+                }
+            }
+            if charge.is_none()
+                && let Ok(Some(frame_wire_len)) = Frame::peek_len(&buf, codec.max_frame_bytes())
+            {
+                // Charge the whole frame before reading its body; time spent waiting for the budget is not the
+                // client's, so it does not count against the request-read timeout.
+                let waiting_since = Instant::now();
+                charge = Some(tokio::select! {
+                    biased;
+                    () = self.cancel.cancelled() => return Stop::Closing,
+                    charge = self.state.request_budget.charge(frame_wire_len) => charge,
+                });
+                if let Some(since) = partial_since.as_mut() {
+                    *since += waiting_since.elapsed();
                 }
             }
             let now = Instant::now();
@@ -263,21 +345,33 @@ impl Reader {
                 Some(since) => (since + read_timeout, Stop::RequestReadTimeout),
                 None => (last_activity + idle_timeout, Stop::IdleTimeout),
             };
-            buf.reserve(READ_CHUNK_BYTES);
+            if buf.is_empty() {
+                // Between frames, hold no buffer: the decoded frames keep what they use, and an idle connection
+                // costs no read buffer at all.
+                buf = BytesMut::new();
+            }
             tokio::select! {
                 biased;
                 () = self.cancel.cancelled() => return Stop::Closing,
-                read = self.read_half.read_buf(&mut buf) => match read {
-                    Ok(0) => {
-                        if !buf.is_empty() {
-                            tracing::debug!(peer = %self.peer, bytes = buf.len(), "peer closed mid-frame");
-                        }
-                        return Stop::PeerClosed;
-                    }
-                    Ok(_) => last_activity = Instant::now(),
-                    Err(error) => {
+                ready = self.read_half.readable() => {
+                    if let Err(error) = ready {
                         tracing::debug!(peer = %self.peer, %error, "read failed");
                         return Stop::ReadError;
+                    }
+                    buf.reserve(read_reserve_bytes(&buf, codec.max_frame_bytes()));
+                    match self.read_half.try_read_buf(&mut buf) {
+                        Ok(0) => {
+                            if !buf.is_empty() {
+                                tracing::debug!(peer = %self.peer, bytes = buf.len(), "peer closed mid-frame");
+                            }
+                            return Stop::PeerClosed;
+                        }
+                        Ok(_) => last_activity = Instant::now(),
+                        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(error) => {
+                            tracing::debug!(peer = %self.peer, %error, "read failed");
+                            return Stop::ReadError;
+                        }
                     }
                 },
                 () = sleep_until(deadline) => {
@@ -294,7 +388,7 @@ impl Reader {
     }
 
     /// Decodes and starts one request. `Err` means it did not decode: the error frame is queued, close.
-    async fn dispatch(&mut self, frame: Frame, permit: OwnedSemaphorePermit) -> Result<(), ()> {
+    async fn dispatch(&mut self, frame: Frame, permit: OwnedSemaphorePermit, charge: BudgetCharge) -> Result<(), ()> {
         let started = Instant::now();
         let header = frame.header;
         if header.api_key == ApiKey::ApiVersions.as_u16()
@@ -329,6 +423,8 @@ impl Reader {
         self.state.tasks.spawn(async move {
             let api = request.api_key();
             let outcome = handlers::handle(&state, request, context).await;
+            // The request is done with its frame.
+            drop(charge);
             if let Some(response) = outcome.response {
                 let bytes = encode_response(&header, &response);
                 record_request(api.name(), outcome.result, started);
@@ -362,6 +458,16 @@ impl Reader {
         });
         let bytes = encode_response(&header, &response);
         let _ = self.queue.send(bytes, true, None).await;
+    }
+}
+
+/// How much room to make in the read buffer `buf` for the next read: the rest of the current frame when its
+/// length is known (it was charged to the request budget; at least [`READ_START_BYTES`], so small pipelined frames
+/// arrive together), else [`READ_START_BYTES`]. A connection trickling a small frame so holds a small buffer.
+fn read_reserve_bytes(buf: &[u8], frame_bytes_max: u32) -> usize {
+    match Frame::peek_len(buf, frame_bytes_max) {
+        Ok(Some(frame_wire_len)) => frame_wire_len.saturating_sub(buf.len()).max(READ_START_BYTES),
+        Ok(None) | Err(_) => READ_START_BYTES,
     }
 }
 

@@ -54,6 +54,16 @@ pub const FETCH_BYTES_TOTAL: &str = "ferry_fetch_bytes_total";
 pub const FETCH_RECORDS_TOTAL: &str = "ferry_fetch_records_total";
 /// Gauge of open client connections.
 pub const CONNECTIONS_OPEN: &str = "ferry_connections_open";
+/// Gauge: bytes of request frames charged to the broker-wide budget (`server.request_bytes_max`): being read or
+/// handled.
+pub const REQUEST_BYTES: &str = "ferry_request_bytes";
+/// Counter: times a connection waited for the request budget before reading a frame's body.
+pub const REQUEST_BUDGET_WAITS_TOTAL: &str = "ferry_request_budget_waits_total";
+/// Gauge: bytes of responses queued or reserved (fetches reserve before reading), charged to the broker-wide budget
+/// (`server.response_bytes_max`).
+pub const RESPONSE_BYTES: &str = "ferry_response_bytes";
+/// Counter: times a response or a fetch waited for the broker-wide response budget.
+pub const RESPONSE_BUDGET_WAITS_TOTAL: &str = "ferry_response_budget_waits_total";
 /// Counter of connections refused or closed by a limit, by `reason`: `limit` (over `server.connections_max`),
 /// `idle_timeout`, `request_read_timeout`, `write_timeout`.
 pub const CONNECTIONS_REJECTED_TOTAL: &str = "ferry_connections_rejected_total";
@@ -128,6 +138,22 @@ pub fn describe() {
     describe_counter!(FETCH_BYTES_TOTAL, Unit::Bytes, "Record-batch bytes sent to consumers, by topic.");
     describe_counter!(FETCH_RECORDS_TOTAL, Unit::Count, "Records sent to consumers, by topic.");
     describe_gauge!(CONNECTIONS_OPEN, Unit::Count, "Client connections currently open.");
+    describe_gauge!(
+        REQUEST_BYTES,
+        Unit::Bytes,
+        "Bytes of request frames being read or handled (server.request_bytes_max)."
+    );
+    describe_counter!(
+        REQUEST_BUDGET_WAITS_TOTAL,
+        Unit::Count,
+        "Times a connection waited for the broker-wide request budget before reading a frame."
+    );
+    describe_gauge!(RESPONSE_BYTES, Unit::Bytes, "Bytes of responses queued or reserved (server.response_bytes_max).");
+    describe_counter!(
+        RESPONSE_BUDGET_WAITS_TOTAL,
+        Unit::Count,
+        "Times a response or a fetch waited for the broker-wide response budget."
+    );
     describe_counter!(CONNECTIONS_REJECTED_TOTAL, Unit::Count, "Connections refused or closed by a limit, by reason.");
     describe_gauge!(
         LOG_END_OFFSET,

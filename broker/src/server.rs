@@ -18,6 +18,7 @@ use bytes::BytesMut;
 use ferry_protocol::frame::FrameHeader;
 use ferry_protocol::messages::{ErrorResponse, error_code_to_wire};
 use ferry_protocol::{ErrorCode, Response};
+use metrics::{Counter, Gauge};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -27,7 +28,10 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::groups::Coordinator;
 use crate::meta::MetaStore;
-use crate::metrics::{CONNECTIONS_REJECTED_TOTAL, LABEL_REASON};
+use crate::metrics::{
+    CONNECTIONS_REJECTED_TOTAL, LABEL_REASON, REQUEST_BUDGET_WAITS_TOTAL, REQUEST_BYTES, RESPONSE_BUDGET_WAITS_TOTAL,
+    RESPONSE_BYTES,
+};
 use crate::partitions::Partitions;
 use crate::producers::ProducerIds;
 use crate::transactions::Transactions;
@@ -66,6 +70,10 @@ pub struct ServerState {
     pub(crate) groups: Arc<Coordinator>,
     /// The transaction coordinator.
     pub(crate) transactions: Arc<Transactions>,
+    /// The broker-wide budget of request bytes (`server.request_bytes_max`).
+    pub(crate) request_budget: RequestBudget,
+    /// The broker-wide budget of response bytes queued or reserved (`server.response_bytes_max`).
+    pub(crate) response_budget: ByteBudget,
 }
 
 impl ServerState {
@@ -82,6 +90,12 @@ impl ServerState {
         transactions: Arc<Transactions>,
     ) -> ServerState {
         ServerState {
+            request_budget: RequestBudget::new(config.server.request_bytes_max),
+            response_budget: ByteBudget::new(
+                config.server.response_bytes_max,
+                RESPONSE_BYTES,
+                RESPONSE_BUDGET_WAITS_TOTAL,
+            ),
             config,
             partitions,
             reads: Arc::new(Semaphore::new(crate::handlers::fetch::FETCH_READS_CONCURRENT_MAX)),
@@ -92,6 +106,118 @@ impl ServerState {
             groups,
             transactions,
         }
+    }
+}
+
+/// A broker-wide budget of bytes, one permit per byte, with a gauge of the bytes charged and a counter of waits:
+/// `server.request_bytes_max` for request frames being read or handled (Kafka's `queued.max.request.bytes`), and
+/// `server.response_bytes_max` for responses queued or reserved (fetches reserve before they read). Whoever needs
+/// room waits for it, so these bytes do not grow with the number of connections.
+#[derive(Debug)]
+pub(crate) struct ByteBudget {
+    permits: Arc<Semaphore>,
+    bytes_max: usize,
+    in_use: Gauge,
+    waits: Counter,
+}
+
+/// Frames of at most this many bytes (length prefix included) are charged to the part of the request budget kept
+/// for small frames.
+pub const REQUEST_SMALL_FRAME_BYTES: usize = 64 * 1024;
+
+/// The broker-wide budget of request bytes (`server.request_bytes_max`), in two parts so that small requests (acks,
+/// fetches, metadata: frames up to [`REQUEST_SMALL_FRAME_BYTES`]) never queue behind large ones: a quarter is kept
+/// for small frames, the rest is for larger ones. A client trickling frames near the size limit can so delay other
+/// large frames (until `request_read_timeout_ms` cuts it), never the small requests of well-behaved clients.
+#[derive(Debug)]
+pub(crate) struct RequestBudget {
+    small: ByteBudget,
+    large: ByteBudget,
+}
+
+impl RequestBudget {
+    fn new(bytes_max: u64) -> RequestBudget {
+        let small = bytes_max / 4;
+        RequestBudget {
+            small: ByteBudget::new(small, REQUEST_BYTES, REQUEST_BUDGET_WAITS_TOTAL),
+            large: ByteBudget::new(bytes_max - small, REQUEST_BYTES, REQUEST_BUDGET_WAITS_TOTAL),
+        }
+    }
+
+    /// Charges a frame of `frame_wire_len` bytes to its part of the budget, waiting for room.
+    pub(crate) async fn charge(&self, frame_wire_len: usize) -> BudgetCharge {
+        if frame_wire_len <= REQUEST_SMALL_FRAME_BYTES {
+            self.small.charge(frame_wire_len).await
+        } else {
+            self.large.charge(frame_wire_len).await
+        }
+    }
+}
+
+/// Bytes charged to a [`ByteBudget`]; released on drop.
+#[derive(Debug)]
+pub(crate) struct BudgetCharge {
+    permit: OwnedSemaphorePermit,
+    in_use: Gauge,
+}
+
+impl ByteBudget {
+    /// A budget of `bytes_max` bytes reporting to the gauge `in_use` and the counter `waits`.
+    fn new(bytes_max: u64, in_use: &'static str, waits: &'static str) -> ByteBudget {
+        // Config bounds keep it at most 64 GiB, far below the semaphore's limit on 64-bit targets.
+        let bytes_max = usize::try_from(bytes_max).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS);
+        ByteBudget {
+            permits: Arc::new(Semaphore::new(bytes_max)),
+            bytes_max,
+            in_use: metrics::gauge!(in_use),
+            waits: metrics::counter!(waits),
+        }
+    }
+
+    /// Charges `bytes` (at most the whole budget), waiting for room.
+    pub(crate) async fn charge(&self, bytes: usize) -> BudgetCharge {
+        self.charge_between(bytes, bytes).await
+    }
+
+    /// Charges as much of `bytes_max` as is free at once, but at least `bytes_min` (waiting for that much if less is
+    /// free); both at most the whole budget. Under pressure a fetch so reads less instead of queueing for its whole
+    /// budget behind others.
+    pub(crate) async fn charge_between(&self, bytes_min: usize, bytes_max: usize) -> BudgetCharge {
+        let bytes_max = bytes_max.clamp(1, self.bytes_max);
+        let bytes_min = bytes_min.clamp(1, bytes_max);
+        let free = self.permits.available_permits().clamp(bytes_min, bytes_max);
+        let permit = match Arc::clone(&self.permits).try_acquire_many_owned(u32::try_from(free).unwrap_or(u32::MAX)) {
+            Ok(permit) => permit,
+            Err(_) => {
+                self.waits.increment(1);
+                Arc::clone(&self.permits)
+                    .acquire_many_owned(u32::try_from(bytes_min).unwrap_or(u32::MAX))
+                    .await
+                    .expect("a budget's semaphore is never closed")
+            }
+        };
+        self.in_use.increment(permit.num_permits() as f64);
+        BudgetCharge { permit, in_use: self.in_use.clone() }
+    }
+}
+
+impl BudgetCharge {
+    /// Bytes charged.
+    pub(crate) fn bytes(&self) -> usize {
+        self.permit.num_permits()
+    }
+
+    /// Gives back all but `bytes` of the charge (nothing if it holds no more).
+    pub(crate) fn shrink_to(&mut self, bytes: usize) {
+        if let Some(excess) = self.permit.split(self.bytes().saturating_sub(bytes.max(1))) {
+            self.in_use.decrement(excess.num_permits() as f64);
+        }
+    }
+}
+
+impl Drop for BudgetCharge {
+    fn drop(&mut self) {
+        self.in_use.decrement(self.permit.num_permits() as f64);
     }
 }
 

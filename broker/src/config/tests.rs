@@ -71,6 +71,8 @@ fn ops_broker_toml_lists_every_key() {
         "request_read_timeout_ms",
         "fetch_wait_ms_max",
         "frame_bytes_max",
+        "request_bytes_max",
+        "response_bytes_max",
         "partitions_per_topic_max",
         "request_timeout_ms",
         "write_timeout_ms",
@@ -168,6 +170,8 @@ fn validate_names_the_key_out_of_bounds() {
     check_invalid("server.request_read_timeout_ms", |config| config.server.request_read_timeout = Duration::ZERO);
     check_invalid("server.fetch_wait_ms_max", |config| config.server.fetch_wait_max = Duration::from_secs(3600));
     check_invalid("server.frame_bytes_max", |config| config.server.frame_bytes_max = 1024);
+    check_invalid("server.request_bytes_max", |config| config.server.request_bytes_max = 1 << 20);
+    check_invalid("server.response_bytes_max", |config| config.server.response_bytes_max = 1 << 20);
     check_invalid("server.partitions_per_topic_max", |config| config.server.partitions_per_topic_max = 0);
     check_invalid("producers.ids_max", |config| config.producers.ids_max = 0);
     check_invalid("producers.entries_max", |config| config.producers.entries_max = 0);

@@ -33,12 +33,12 @@ use ferry_protocol::messages::{
     FetchPartitionResponse, FetchRequest, FetchResponse, FetchTopicResponse, error_code_to_wire,
 };
 use ferry_protocol::{ErrorCode, TopicName};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{HandlerError, REQUEST_ITEMS_MAX, item_error};
-use crate::connection::RESPONSE_QUEUE_BYTES_MAX;
+use crate::connection::ResponseRoom;
 use crate::partitions::Topic;
 use crate::server::ServerState;
 
@@ -49,6 +49,11 @@ pub const FETCH_READS_CONCURRENT_MAX: usize = 16;
 /// Room reserved for a fetch response beyond its record budget: frame header, topics and partition entries.
 /// A response that turns out larger (a first batch above the budget, thousands of partitions) waits for more room.
 pub const RESPONSE_OVERHEAD_BYTES: u32 = 64 * 1024;
+
+/// Record bytes a fetch reads at least when the broker's response budget (`server.response_bytes_max`) is short:
+/// it then takes what is free down to this (waiting for this much if less is free), rather than waiting for its
+/// whole `bytes_max` behind other connections' responses. One batch is still always returned, even if larger.
+pub const FETCH_BYTES_UNDER_PRESSURE: u32 = 64 * 1024;
 
 /// One requested partition, resolved.
 struct Target {
@@ -78,7 +83,7 @@ pub(crate) async fn handle(
     request: FetchRequest,
     cancel: &CancellationToken,
     response_room: &Arc<Semaphore>,
-) -> (FetchResponse, Option<OwnedSemaphorePermit>) {
+) -> (FetchResponse, Option<ResponseRoom>) {
     let n_partitions: usize = request.topics.iter().map(|topic| topic.partitions.len()).sum();
     if n_partitions > REQUEST_ITEMS_MAX {
         let response = FetchResponse { error_code: error_code_to_wire(ErrorCode::InvalidRequest), topics: Vec::new() };
@@ -92,10 +97,10 @@ pub(crate) async fn handle(
         bytes_max => bytes_max.min(server.fetch_bytes_max),
     };
     let bytes_min = u64::from(request.bytes_min);
-    let queue_bytes_max = u32::try_from(RESPONSE_QUEUE_BYTES_MAX).expect("the queue size fits in u32");
-    let share = bytes_max.saturating_add(RESPONSE_OVERHEAD_BYTES).min(queue_bytes_max);
+    let share = usize::try_from(bytes_max.saturating_add(RESPONSE_OVERHEAD_BYTES)).unwrap_or(usize::MAX);
+    let share_min = usize::try_from(FETCH_BYTES_UNDER_PRESSURE + RESPONSE_OVERHEAD_BYTES).expect("small");
     let reserved = tokio::select! {
-        reserved = Arc::clone(response_room).acquire_many_owned(share) => reserved.ok(),
+        reserved = ResponseRoom::reserve_between(state, response_room, share_min, share) => reserved,
         () = cancel.cancelled() => None,
     };
     let Some(reserved) = reserved else {
@@ -106,6 +111,10 @@ pub(crate) async fn handle(
         );
     };
 
+    // Under pressure on the broker's response budget the fetch got less room than asked: it reads less.
+    let bytes_max = bytes_max.min(
+        u32::try_from(reserved.bytes().saturating_sub(RESPONSE_OVERHEAD_BYTES as usize)).unwrap_or(u32::MAX).max(1),
+    );
     let mut shape: Vec<(String, usize)> = Vec::with_capacity(request.topics.len());
     let mut targets: Vec<Target> = Vec::with_capacity(n_partitions);
     for fetch_topic in request.topics {

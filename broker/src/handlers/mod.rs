@@ -44,9 +44,10 @@ use ferry_protocol::messages::{
     TxnProduceResponse, error_code_to_wire,
 };
 use ferry_protocol::{ApiKey, ErrorCode, ProtocolError, Request, Response};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::connection::ResponseRoom;
 use crate::groups::GroupError;
 use crate::meta::MetaError;
 use crate::partitions::PartitionsError;
@@ -294,7 +295,7 @@ pub(crate) fn error_message(error: &dyn std::error::Error) -> String {
 pub(crate) struct Outcome {
     pub response: Option<Response>,
     pub result: ErrorCode,
-    pub reserved: Option<OwnedSemaphorePermit>,
+    pub reserved: Option<ResponseRoom>,
 }
 
 /// Per-request context from the connection.

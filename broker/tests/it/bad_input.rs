@@ -398,3 +398,61 @@ async fn a_client_that_stops_reading_is_closed_by_the_write_timeout_not_buffered
     assert!(received < 100 * 1024 * 1024, "the broker stopped writing: {received} bytes arrived");
     broker.stop().await;
 }
+
+/// A whole frame of exactly `FRAME_BYTES_MAX` bytes after its length prefix, whose body is not a protobuf message:
+/// the broker must buffer all of it before answering `INVALID_REQUEST`.
+pub fn frame_at_the_limit(correlation_id: u32) -> Bytes {
+    let body = Bytes::from(vec![0u8; (FRAME_BYTES_MAX - ferry_protocol::frame::FRAME_HEADER_BYTES) as usize]);
+    let mut raw = BytesMut::new();
+    Frame { header: FrameHeader::request(ApiKey::Produce, 0, correlation_id), body }.encode(&mut raw).expect("encode");
+    assert_eq!(raw.len(), 4 + FRAME_BYTES_MAX as usize);
+    raw.freeze()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_near_the_limit_wait_for_the_request_budget_while_small_requests_do_not() {
+    const READ_TIMEOUT: Duration = Duration::from_secs(2);
+    // Three quarters (9 MiB) for large frames: room for one frame at the limit, not two.
+    let broker = TestBroker::start_with(|config| {
+        config.server.request_bytes_max = 12 << 20;
+        config.server.request_read_timeout = READ_TIMEOUT;
+    })
+    .await;
+    let series = "ferry_request_budget_waits_total";
+    let waits_before = metric(&broker.scrape().await, series).unwrap_or(0.0);
+
+    // A sends all but the last byte of a frame at the limit and stalls: it holds 8 MiB of the budget until the
+    // request-read timeout cuts it.
+    let whole = frame_at_the_limit(1);
+    let mut stalled = TcpStream::connect(&broker.addr).await.expect("connect");
+    stalled.write_all(&whole[..whole.len() - 1]).await.expect("send all but one byte");
+    let stalled_closed = tokio::spawn(async move {
+        expect_closed(&mut stalled).await;
+        Instant::now()
+    });
+    // B sends a whole frame at the limit: the broker must not read its body before A's charge is released.
+    let mut large = TcpStream::connect(&broker.addr).await.expect("connect");
+    let large_answered = tokio::spawn(async move {
+        large.write_all(&frame_at_the_limit(2)).await.expect("send");
+        let mut buf = BytesMut::new();
+        let frame = read_frame(&mut large, &mut buf).await.expect("an error frame");
+        (Instant::now(), frame.header)
+    });
+    eventually("the large frame to wait for the budget", || async {
+        metric(&broker.scrape().await, series).unwrap_or(0.0) > waits_before
+    })
+    .await;
+    // Small requests use the quarter kept for them: served while both large frames are held up.
+    let connection = Connection::new(broker.addr.clone(), ConnectionConfig::default()).expect("connection");
+    let listed = connection.request(Request::ListTopics(ListTopicsRequest {})).await;
+    assert!(matches!(listed, Ok(Response::ListTopics(_))), "{listed:?}");
+    let small_answered = Instant::now();
+    connection.close().await;
+
+    let stalled_closed = stalled_closed.await.expect("stalled client task");
+    let (large_answered, header) = large_answered.await.expect("large client task");
+    assert!(header.flags.is_error() && header.correlation_id == 2, "{header:?}");
+    assert!(small_answered < stalled_closed, "the small request did not wait for the stalled frame");
+    assert!(stalled_closed <= large_answered, "the second large frame was read only after the first was released");
+    broker.stop().await;
+}

@@ -114,8 +114,13 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
 
 /// The client address of a `ferry-broker` process, once it is ready (from its `listening on ADDR` line).
 pub fn client_address(broker: &mut BrokerProcess) -> SocketAddr {
-    broker.wait_until_ready();
-    listening_address(&broker.log)
+    addresses(broker).0
+}
+
+/// The client and `/metrics` addresses of a `ferry-broker` process, once it is ready.
+pub fn addresses(broker: &mut BrokerProcess) -> (SocketAddr, SocketAddr) {
+    let metrics = broker.wait_until_ready();
+    (listening_address(&broker.log), metrics)
 }
 
 /// The client address in a started broker's log (its `listening on ADDR` line).

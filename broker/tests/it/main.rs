@@ -21,6 +21,9 @@
 //!   rejoining after a broker SIGKILL, the CLI and the lag metrics, offset expiry.
 //! - `transactions`: transactions in raw requests: commit and abort visibility, offsets in the transaction, fencing,
 //!   stale and replayed requests, timeouts, the operator's list and abort, SIGKILL recovery (with failpoints).
+//! - `hostile`: hostile and broken clients (live-socket fuzzers, idle and slowloris crowds, connection floods,
+//!   consumers that never read, a record with a million headers) against the real binary, while well-behaved clients
+//!   work: the broker stays up, within twice its baseline RSS, and the well-behaved clients see no error.
 //! - `harness`: an in-process test broker, the binary's client address, raw frames, metric values.
 //! - `support`: a broker child process whose stderr log lines the tests can wait for, and a tiny HTTP scraper.
 
@@ -35,6 +38,7 @@ mod end_to_end;
 mod fault_proxy;
 mod groups;
 mod harness;
+mod hostile;
 mod idempotence;
 mod in_process;
 mod meta_corruption;

@@ -127,6 +127,19 @@ impl BrokerProcess {
         self.child.id()
     }
 
+    /// Whether the process is still running (it has not exited, been killed or crashed).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Moves the stderr lines that arrived into [`BrokerProcess::log`], keeping only the last `keep` lines: for a
+    /// long run whose broker logs every connection it closes.
+    pub fn trim_log(&mut self, keep: usize) {
+        self.log.extend(self.lines.try_iter());
+        let excess = self.log.len().saturating_sub(keep);
+        self.log.drain(..excess);
+    }
+
     /// Sends `signal` (e.g. `libc::SIGTERM`) to the process.
     pub fn signal(&self, signal: libc::c_int) {
         let pid = libc::pid_t::try_from(self.child.id()).expect("pids fit in pid_t");

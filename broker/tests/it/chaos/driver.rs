@@ -13,6 +13,7 @@ use std::time::Duration;
 use ferry_client::{Admin, ConnectionConfig, DeliveryFuture, Producer, ProducerConfig, ProducerRecord};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::checker::{Expect, Report, check};
 use super::history::{History, Outcome, Read, Recorder, SendIdx, value_for, value_id};
@@ -403,12 +404,15 @@ impl CrashRun {
         (0..self.producers)
             .map(|producer_idx| {
                 let job = ProducerJob {
+                    topic: TOPIC.to_owned(),
                     producer_idx,
                     n_values: self.values / n_producers
                         + u64::from(u64::from(producer_idx) < self.values % n_producers),
                     n_partitions: self.partitions,
                     value_bytes: self.value_bytes,
                     partitions: Rng::new(rng.next_u64()),
+                    stop: None,
+                    pace: None,
                 };
                 let producer = Producer::new(addr.to_owned(), self.producer_config.clone()).expect("producer");
                 tokio::spawn(job.run(producer, recorder.clone()))
@@ -426,19 +430,30 @@ enum Fault {
     Pause,
 }
 
-/// One producer's share of a crash run.
-struct ProducerJob {
-    producer_idx: u32,
-    n_values: u64,
-    n_partitions: u32,
-    value_bytes: usize,
+/// One producer's share of a crash run (or of another suite's workload): unique values to seeded partitions, every
+/// invocation and outcome recorded.
+pub struct ProducerJob {
+    /// The topic written to.
+    pub topic: String,
+    /// The producer's index in the history.
+    pub producer_idx: u32,
+    /// Values to send (fewer if `stop` is cancelled first).
+    pub n_values: u64,
+    /// Partitions of the topic; values go to `0..n_partitions`.
+    pub n_partitions: u32,
+    /// Bytes of each value (its unique id, padded).
+    pub value_bytes: usize,
     /// Picks each value's partition.
-    partitions: Rng,
+    pub partitions: Rng,
+    /// When set, sending stops once it is cancelled (the outcomes of what was sent are still awaited).
+    pub stop: Option<CancellationToken>,
+    /// When set, a pause after each send: a steady workload instead of one as fast as the broker allows.
+    pub pace: Option<Duration>,
 }
 
 impl ProducerJob {
     /// Sends the values in order, then waits for every outcome and closes the producer.
-    async fn run(mut self, producer: Producer, recorder: Recorder) {
+    pub async fn run(mut self, producer: Producer, recorder: Recorder) {
         // Deliveries are awaited in send order by a second task, so sending never waits for acknowledgements beyond
         // the producer's own buffer.
         let (deliveries, mut pending) = mpsc::channel::<(SendIdx, DeliveryFuture)>(64 * 1024);
@@ -456,13 +471,19 @@ impl ProducerJob {
             }
         });
         for seq in 0..self.n_values {
+            if self.stop.as_ref().is_some_and(CancellationToken::is_cancelled) {
+                break;
+            }
             let partition = u32::try_from(self.partitions.below(u64::from(self.n_partitions))).expect("a partition");
             let value = value_for(self.producer_idx, seq, self.value_bytes);
             let send_idx = recorder.invoke(self.producer_idx, seq, partition, value_id(&value).to_owned());
-            match producer.send(ProducerRecord::new(TOPIC, value).with_partition(partition)).await {
+            match producer.send(ProducerRecord::new(self.topic.as_str(), value).with_partition(partition)).await {
                 Ok(delivery) => deliveries.send((send_idx, delivery)).await.expect("the completer runs"),
                 // Refused before anything was sent: definitely not stored.
                 Err(_) => recorder.complete(send_idx, Outcome::Failed),
+            }
+            if let Some(pace) = self.pace {
+                tokio::time::sleep(pace).await;
             }
         }
         drop(deliveries);
