@@ -178,7 +178,7 @@ impl fmt::Display for Report {
 }
 
 /// The first three items of a list, for a violation line.
-fn examples<T: fmt::Debug>(items: &[T]) -> String {
+pub(super) fn examples<T: fmt::Debug>(items: &[T]) -> String {
     let shown: Vec<&T> = items.iter().take(3).collect();
     if items.len() > shown.len() {
         format!("{shown:?} and {} more", items.len() - shown.len())

@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
+use super::checker::examples;
 use super::history::Read;
 
 #[cfg(test)]
@@ -114,14 +115,6 @@ impl fmt::Display for TxnReport {
             self.duplicates.len(),
             self.never_sent.len(),
         )
-    }
-}
-
-fn examples<T: fmt::Debug>(items: &[T]) -> String {
-    let shown: Vec<&T> = items.iter().take(3).collect();
-    match items.len() - shown.len() {
-        0 => format!("{shown:?}"),
-        more => format!("{shown:?} and {more} more"),
     }
 }
 
