@@ -241,7 +241,7 @@ impl Broker {
             shutdown.clone(),
         ));
         // Decided commits are finished and open transactions aborted before anyone is served.
-        let transactions = Transactions::open(
+        let transactions = match Transactions::open(
             config.transactions.clone(),
             Arc::clone(&meta),
             Arc::clone(&partitions),
@@ -249,7 +249,14 @@ impl Broker {
             Arc::clone(&producer_ids),
         )
         .await
-        .map_err(StartupError::Transactions)?;
+        {
+            Ok(transactions) => transactions,
+            Err(error) => {
+                // The appenders may be writing to the metadata store: stop them before it closes.
+                partitions.shutdown().await;
+                return Err(StartupError::Transactions(error));
+            }
+        };
         let transactions = Arc::new(transactions);
         tasks.spawn(Arc::clone(&transactions).run_background(shutdown.clone()));
         let state = Arc::new(ServerState::new(

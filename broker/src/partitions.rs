@@ -390,7 +390,12 @@ impl Partitions {
             );
         }
         let mut opened = open_partitions(jobs).await?;
-        check_producer_ids_issued(&meta, &logs_dir, &records, &opened)?;
+        if let Err(error) = check_producer_ids_issued(&meta, &logs_dir, &records, &opened) {
+            // The appenders may be writing producer snapshots to the metadata store: stop them before the store
+            // closes, as after a failed open.
+            close_opened(opened).await;
+            return Err(error);
+        }
         for record in records {
             let mut topic_opened: Vec<Opened> = opened.remove(&record.name).unwrap_or_default();
             topic_opened.sort_by_key(|opened| opened.partition);
@@ -768,13 +773,18 @@ async fn open_partitions(jobs: Vec<OpenJob>) -> Result<BTreeMap<String, Vec<Open
         }
     }
     let Some(error) = first_error else { return Ok(opened) };
+    close_opened(opened).await;
+    Err(error)
+}
+
+/// Shuts down the appenders of partitions opened at start when the start fails after all.
+async fn close_opened(opened: BTreeMap<String, Vec<Opened>>) {
     for (topic, partitions) in opened {
         let appenders = partitions.into_iter().map(|opened| (opened.partition, opened.appender)).collect();
         for close_error in shutdown_appenders(&topic, appenders).await {
             tracing::warn!(topic, error = %error_chain(&close_error), "partition did not close cleanly");
         }
     }
-    Err(error)
 }
 
 /// Opens (recovers) one partition log and starts its appender. Blocks.
