@@ -251,6 +251,18 @@ pub enum MetaError {
         #[source]
         source: EngineError,
     },
+    /// Reading the store's manifest did not finish within [`MANIFEST_READ_TIMEOUT`]: RocksDB can loop on some
+    /// damaged manifest records, so a start fails with this error instead of hanging.
+    #[error(
+        "cannot open metadata store at {path}: reading its MANIFEST did not finish within {timeout:?}; \
+         the MANIFEST file is probably damaged"
+    )]
+    ManifestTimeout {
+        /// The store directory.
+        path: PathBuf,
+        /// The time allowed.
+        timeout: std::time::Duration,
+    },
     /// The store directory could not be inspected.
     #[error("cannot inspect metadata store directory {path}")]
     Io {
@@ -360,8 +372,7 @@ impl MetaStore {
         let exists =
             path.join("CURRENT").try_exists().map_err(|source| MetaError::Io { path: path.to_owned(), source })?;
         if exists {
-            let on_disk = Db::list_cf(&db_options, path)
-                .map_err(|source| MetaError::Open { path: path.to_owned(), source: EngineError(source) })?;
+            let on_disk = list_column_families(&db_options, path)?;
             for name in on_disk {
                 if !cf_names.contains(&name) && !name.starts_with(CF_DEDUP_PREFIX) {
                     tracing::warn!(cf = %name, "metadata store has an unknown column family; opening it untouched");
@@ -679,6 +690,31 @@ fn corrupt(cf: &str, key: &[u8], reason: CorruptReason) -> MetaError {
     MetaError::Corrupt { cf: cf.to_owned(), key: key.to_vec(), reason }
 }
 
+/// The longest reading the manifest (to list the column families) may take at start. The manifest is small
+/// ([`MANIFEST_BYTES_MAX`]); a damaged one can make RocksDB loop without end.
+pub const MANIFEST_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// The manifest rolls to a new file beyond this size, so reading it at start stays far inside
+/// [`MANIFEST_READ_TIMEOUT`].
+const MANIFEST_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Lists the store's column families from its manifest on a thread of its own, giving up after
+/// [`MANIFEST_READ_TIMEOUT`] (the thread is left behind; the start fails and the process exits).
+fn list_column_families(db_options: &Options, path: &Path) -> Result<Vec<String>, MetaError> {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let (options, owned_path) = (db_options.clone(), path.to_owned());
+    std::thread::Builder::new()
+        .name("meta-manifest".to_owned())
+        .spawn(move || {
+            let _ = sender.send(Db::list_cf(&options, owned_path));
+        })
+        .map_err(|source| MetaError::Io { path: path.to_owned(), source })?;
+    match receiver.recv_timeout(MANIFEST_READ_TIMEOUT) {
+        Ok(listed) => listed.map_err(|source| MetaError::Open { path: path.to_owned(), source: EngineError(source) }),
+        Err(_) => Err(MetaError::ManifestTimeout { path: path.to_owned(), timeout: MANIFEST_READ_TIMEOUT }),
+    }
+}
+
 fn sync_write_options() -> WriteOptions {
     let mut options = WriteOptions::default();
     options.set_sync(true);
@@ -691,6 +727,7 @@ fn db_options(config: &MetaConfig) -> Options {
     options.create_if_missing(true);
     options.create_missing_column_families(true);
     options.set_paranoid_checks(true);
+    options.set_max_manifest_file_size(MANIFEST_BYTES_MAX);
     options.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
     options.set_max_total_wal_size(config.wal_bytes_max);
     options.set_max_open_files(config.open_files_max);
