@@ -41,22 +41,10 @@ enum Mutation {
     Truncate,
 }
 
-fn broker_args(data_dir: &Path) -> Vec<String> {
-    let data_dir = data_dir.to_str().expect("utf-8 temp path");
-    ["--data-dir", data_dir, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--log-format", "text"]
-        .map(str::to_owned)
-        .to_vec()
-}
-
-fn start(data_dir: &Path) -> BrokerProcess {
-    let args = broker_args(data_dir);
-    BrokerProcess::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
-}
-
 /// Builds a data directory with three topics of acknowledged records, producer ids and a consumer group's offsets,
 /// stopped with `signal`. Returns the values written, per topic.
 async fn build(data_dir: &Path, signal: libc::c_int) -> BTreeMap<&'static str, Vec<String>> {
-    let mut broker = tokio::task::block_in_place(|| start(data_dir));
+    let mut broker = tokio::task::block_in_place(|| BrokerProcess::start_on(data_dir));
     let addr = tokio::task::block_in_place(|| client_address(&mut broker)).to_string();
     let admin = Admin::new(addr.clone(), ConnectionConfig::default()).expect("admin");
     let mut written = BTreeMap::new();
@@ -136,7 +124,7 @@ fn damage(path: &Path, mutation: Mutation, rng: &mut Rng) -> String {
 
 /// Starts the broker on a damaged copy and judges the outcome; panics (with the case) on anything undocumented.
 async fn judge(data_dir: &Path, written: &BTreeMap<&'static str, Vec<String>>, case: &str) -> Outcome {
-    let mut broker = tokio::task::block_in_place(|| start(data_dir));
+    let mut broker = tokio::task::block_in_place(|| BrokerProcess::start_on(data_dir));
     let started = tokio::task::block_in_place(|| broker.wait_until_started_or_exit());
     if !started {
         let (status, log) = tokio::task::block_in_place(|| broker.wait_for_exit());
@@ -246,7 +234,7 @@ async fn a_metadata_store_behind_the_partition_logs_is_refused_not_served_empty(
     let leftover = logs.join("00000000000000000002-rolled-back");
     std::fs::create_dir_all(leftover.join("00000")).expect("create a leftover");
     std::fs::write(leftover.join("00000/00000000000000000000.log"), b"").expect("an empty segment");
-    let mut broker = tokio::task::block_in_place(|| start(data_dir.path()));
+    let mut broker = tokio::task::block_in_place(|| BrokerProcess::start_on(data_dir.path()));
     assert!(tokio::task::block_in_place(|| broker.wait_until_started_or_exit()), "{:#?}", broker.log);
     let (_, log) = tokio::task::block_in_place(|| {
         broker.signal(libc::SIGTERM);
@@ -255,7 +243,7 @@ async fn a_metadata_store_behind_the_partition_logs_is_refused_not_served_empty(
     assert!(log.iter().any(|line| line.contains("belongs to no known topic")), "{log:#?}");
 
     std::fs::remove_dir_all(data_dir.path().join("meta")).expect("lose the metadata store");
-    let broker = tokio::task::block_in_place(|| start(data_dir.path()));
+    let broker = tokio::task::block_in_place(|| BrokerProcess::start_on(data_dir.path()));
     let (status, log) = tokio::task::block_in_place(|| broker.wait_for_exit());
     assert_eq!(status.code(), Some(1), "{log:#?}");
     let error = log.iter().find(|line| line.starts_with("ferry-broker: error: ")).expect("an error line");
@@ -274,7 +262,7 @@ async fn a_metadata_store_behind_the_partition_logs_is_refused_not_served_empty(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_metadata_store_older_than_the_producer_ids_in_the_logs_is_refused() {
     let data_dir = tempfile::tempdir().expect("tempdir");
-    let mut broker = tokio::task::block_in_place(|| start(data_dir.path()));
+    let mut broker = tokio::task::block_in_place(|| BrokerProcess::start_on(data_dir.path()));
     let addr = tokio::task::block_in_place(|| client_address(&mut broker)).to_string();
     let admin = Admin::new(addr.clone(), ConnectionConfig::default()).expect("admin");
     admin.create_topic(TOPICS[0], PARTITIONS, Default::default()).await.expect("create a topic");
@@ -286,7 +274,7 @@ async fn a_metadata_store_older_than_the_producer_ids_in_the_logs_is_refused() {
     let older = tempfile::tempdir().expect("tempdir");
     copy_dir(&data_dir.path().join("meta"), older.path());
 
-    let mut broker = tokio::task::block_in_place(|| start(data_dir.path()));
+    let mut broker = tokio::task::block_in_place(|| BrokerProcess::start_on(data_dir.path()));
     let addr = tokio::task::block_in_place(|| client_address(&mut broker)).to_string();
     let producer = Producer::new(addr, ProducerConfig::default()).expect("producer");
     producer.send(ProducerRecord::new(TOPICS[0], "from producer id 1")).await.expect("send").await.expect("acked");
@@ -298,7 +286,7 @@ async fn a_metadata_store_older_than_the_producer_ids_in_the_logs_is_refused() {
 
     std::fs::remove_dir_all(data_dir.path().join("meta")).expect("remove meta/");
     copy_dir(older.path(), &data_dir.path().join("meta"));
-    let broker = tokio::task::block_in_place(|| start(data_dir.path()));
+    let broker = tokio::task::block_in_place(|| BrokerProcess::start_on(data_dir.path()));
     let (status, log) = tokio::task::block_in_place(|| broker.wait_for_exit());
     assert_eq!(status.code(), Some(1), "{log:#?}");
     let error = log.iter().find(|line| line.starts_with("ferry-broker: error: ")).expect("an error line");
