@@ -21,7 +21,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
@@ -49,6 +49,9 @@ struct Cli {
     /// Partitions of the topic when it is created.
     #[arg(long, default_value_t = 4)]
     partitions: u32,
+    /// The topic's fsync policy when it is created (`always`, `interval:MS`, `never`); the broker's default if unset.
+    #[arg(long)]
+    fsync: Option<String>,
     /// Concurrent producers.
     #[arg(long, default_value_t = 1)]
     producers: usize,
@@ -67,6 +70,13 @@ struct Cli {
     /// Producer linger, milliseconds.
     #[arg(long, default_value_t = 5)]
     linger_ms: u64,
+    /// Record keys: `unique` (`PRODUCER-INDEX`, spread over the partitions by hash) or `none` (keyless: the client's
+    /// sticky partitioner fills one partition's batch at a time).
+    #[arg(long, value_enum, default_value_t = KeysArg::Unique)]
+    keys: KeysArg,
+    /// Records each producer keeps unacknowledged at most (`produce`, `end-to-end`): the pipeline depth.
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(u64).range(1..))]
+    window: u64,
     /// Acknowledgement: none (fire-and-forget) or all (durable per the broker's fsync policy).
     #[arg(long, value_enum, default_value_t = AcksArg::All)]
     acks: AcksArg,
@@ -98,6 +108,12 @@ enum Scenario {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum KeysArg {
+    Unique,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum AcksArg {
     None,
     All,
@@ -109,6 +125,31 @@ struct Outcome {
     bytes: u64,
     elapsed: Duration,
     latency_us: Histogram<u64>,
+    /// `end-to-end` only: how the consumers' lag behaved while the producers ran.
+    lag: Option<Lag>,
+}
+
+/// Consumer lag sampled every 100 ms while the producers run: records sent and not yet received (which includes up
+/// to `--window` records per producer in flight to the broker).
+struct Lag {
+    /// The producers' rate alone, records/s.
+    produce_rate: f64,
+    max_records: u64,
+    /// Least-squares slope of lag over time, records/s: about 0 when the consumers keep up.
+    slope_per_sec: f64,
+}
+
+impl Lag {
+    fn from_samples(samples: &[(f64, f64)], produce_rate: f64) -> Lag {
+        let n = samples.len().max(1) as f64;
+        let mean_t = samples.iter().map(|(t, _)| t).sum::<f64>() / n;
+        let mean_lag = samples.iter().map(|(_, lag)| lag).sum::<f64>() / n;
+        let covariance: f64 = samples.iter().map(|(t, lag)| (t - mean_t) * (lag - mean_lag)).sum();
+        let variance: f64 = samples.iter().map(|(t, _)| (t - mean_t).powi(2)).sum();
+        let slope_per_sec = if variance > 0.0 { covariance / variance } else { 0.0 };
+        let max_records = samples.iter().map(|(_, lag)| *lag as u64).max().unwrap_or(0);
+        Lag { produce_rate, max_records, slope_per_sec }
+    }
 }
 
 #[tokio::main]
@@ -128,7 +169,7 @@ async fn main() -> anyhow::Result<()> {
     let reporter = tokio::spawn(report_progress(Arc::clone(&progress), cli.messages));
     let outcome = match cli.scenario {
         Scenario::Produce if cli.transactional => produce_transactional(&cli, Arc::clone(&progress)).await?,
-        Scenario::Produce => produce(&cli, cli.producers, cli.messages, Arc::clone(&progress)).await?,
+        Scenario::Produce => produce(&cli, cli.producers, cli.messages, Arc::clone(&progress), Arc::default()).await?,
         Scenario::Latency => produce_one_at_a_time(&cli, Arc::clone(&progress)).await?,
         Scenario::Consume => consume(&cli, Arc::clone(&progress)).await?,
         Scenario::EndToEnd => end_to_end(&cli, Arc::clone(&progress)).await?,
@@ -140,7 +181,8 @@ async fn main() -> anyhow::Result<()> {
 
 async fn ensure_topic(cli: &Cli) -> anyhow::Result<()> {
     let admin = Admin::new(cli.broker.clone(), ConnectionConfig::default())?;
-    match admin.create_topic(&cli.topic, cli.partitions, Default::default()).await {
+    let config = cli.fsync.iter().map(|policy| ("fsync".to_owned(), policy.clone())).collect();
+    match admin.create_topic(&cli.topic, cli.partitions, config).await {
         Ok(()) => {}
         Err(ClientError::Broker { code: ErrorCode::TopicAlreadyExists, .. }) => {}
         Err(error) => return Err(error).context("creating the benchmark topic"),
@@ -175,20 +217,36 @@ fn value(size: usize, sent_us: u64) -> Bytes {
     buf.freeze()
 }
 
+/// The benchmark's record: keyed `PRODUCER-INDEX` with `--keys unique`, keyless with `--keys none`.
+fn record(topic: &str, keys: KeysArg, producer_idx: usize, record_idx: u64, value: Bytes) -> ProducerRecord {
+    let record = ProducerRecord::new(topic.to_owned(), value);
+    match keys {
+        KeysArg::Unique => record.with_key(format!("{producer_idx}-{record_idx}")),
+        KeysArg::None => record,
+    }
+}
+
 /// Sends `messages` records from `producers` producers (plus the warm-up), keeping the delivery futures of up to
 /// `window` records per producer in flight; records latency from `send` to acknowledgement.
-async fn produce(cli: &Cli, producers: usize, messages: u64, progress: Arc<AtomicU64>) -> anyhow::Result<Outcome> {
-    const WINDOW: usize = 50_000;
+async fn produce(
+    cli: &Cli,
+    producers: usize,
+    messages: u64,
+    progress: Arc<AtomicU64>,
+    sent_count: Arc<AtomicU64>,
+) -> anyhow::Result<Outcome> {
+    let window = usize::try_from(cli.window).context("--window")?;
     let per_producer = messages.div_ceil(producers as u64);
     let warmup_per_producer = cli.warmup.div_ceil(producers as u64);
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(producers);
     for producer_idx in 0..producers {
         let producer = Producer::new(cli.broker.clone(), producer_config(cli))?;
-        let (topic, size, progress) = (cli.topic.clone(), cli.message_size, Arc::clone(&progress));
+        let (topic, size, keys, progress) = (cli.topic.clone(), cli.message_size, cli.keys, Arc::clone(&progress));
+        let sent_count = Arc::clone(&sent_count);
         tasks.push(tokio::spawn(async move {
             let mut latency_us = Histogram::<u64>::new(3)?;
-            let mut pending = VecDeque::with_capacity(WINDOW);
+            let mut pending = VecDeque::with_capacity(window.min(1 << 20));
             let mut started = Instant::now();
             for record_idx in 0..warmup_per_producer + per_producer {
                 if record_idx == warmup_per_producer {
@@ -197,16 +255,16 @@ async fn produce(cli: &Cli, producers: usize, messages: u64, progress: Arc<Atomi
                     }
                     started = Instant::now();
                 }
-                if pending.len() == WINDOW {
+                if pending.len() == window {
                     let (sent, delivery): (Instant, _) = pending.pop_front().context("window is full")?;
                     delivery_result(delivery).await?;
                     latency_us.record(sent.elapsed().as_micros() as u64)?;
                     progress.fetch_add(1, Ordering::Relaxed);
                 }
-                let key = format!("{producer_idx}-{record_idx}");
-                let record = ProducerRecord::new(topic.clone(), value(size, now_us())).with_key(key);
+                let record = record(&topic, keys, producer_idx, record_idx, value(size, now_us()));
                 let sent = Instant::now();
                 pending.push_back((sent, producer.send(record).await?));
+                sent_count.fetch_add(1, Ordering::Relaxed);
             }
             for (sent, delivery) in pending {
                 delivery_result(delivery).await?;
@@ -228,7 +286,7 @@ async fn produce(cli: &Cli, producers: usize, messages: u64, progress: Arc<Atomi
         elapsed = started.elapsed();
     }
     let sent = per_producer * producers as u64;
-    Ok(Outcome { messages: sent, bytes: sent * cli.message_size as u64, elapsed, latency_us })
+    Ok(Outcome { messages: sent, bytes: sent * cli.message_size as u64, elapsed, latency_us, lag: None })
 }
 
 /// `--producers` transactional producers, each committing every `--txn-size` records.
@@ -242,8 +300,8 @@ async fn produce_transactional(cli: &Cli, progress: Arc<AtomicU64>) -> anyhow::R
             ..TransactionalConfig::new(format!("ferry-bench-{producer_idx}"))
         };
         let mut producer = TransactionalProducer::connect(cli.broker.clone(), config).await?;
-        let (topic, size, txn_size, progress) =
-            (cli.topic.clone(), cli.message_size, cli.txn_size, Arc::clone(&progress));
+        let (topic, size, keys, txn_size, progress) =
+            (cli.topic.clone(), cli.message_size, cli.keys, cli.txn_size, Arc::clone(&progress));
         tasks.push(tokio::spawn(async move {
             let mut latency_us = Histogram::<u64>::new(3)?;
             let mut sent_at = Vec::with_capacity(txn_size as usize);
@@ -252,9 +310,8 @@ async fn produce_transactional(cli: &Cli, progress: Arc<AtomicU64>) -> anyhow::R
                 producer.begin()?;
                 sent_at.clear();
                 while record_idx < per_producer && (sent_at.len() as u64) < txn_size {
-                    let key = format!("{producer_idx}-{record_idx}");
                     sent_at.push(Instant::now());
-                    producer.send(ProducerRecord::new(topic.clone(), value(size, now_us())).with_key(key)).await?;
+                    producer.send(record(&topic, keys, producer_idx, record_idx, value(size, now_us()))).await?;
                     record_idx += 1;
                 }
                 producer.commit().await.context("a transaction did not commit")?;
@@ -272,7 +329,13 @@ async fn produce_transactional(cli: &Cli, progress: Arc<AtomicU64>) -> anyhow::R
         latency_us.add(task.await??)?;
     }
     let sent = per_producer * cli.producers as u64;
-    Ok(Outcome { messages: sent, bytes: sent * cli.message_size as u64, elapsed: started.elapsed(), latency_us })
+    Ok(Outcome {
+        messages: sent,
+        bytes: sent * cli.message_size as u64,
+        elapsed: started.elapsed(),
+        latency_us,
+        lag: None,
+    })
 }
 
 async fn delivery_result(delivery: ferry_client::DeliveryFuture) -> anyhow::Result<ferry_client::RecordMetadata> {
@@ -298,14 +361,20 @@ async fn produce_one_at_a_time(cli: &Cli, progress: Arc<AtomicU64>) -> anyhow::R
     }
     let elapsed = started.elapsed();
     producer.close().await?;
-    Ok(Outcome { messages: cli.messages, bytes: cli.messages * cli.message_size as u64, elapsed, latency_us })
+    Ok(Outcome {
+        messages: cli.messages,
+        bytes: cli.messages * cli.message_size as u64,
+        elapsed,
+        latency_us,
+        lag: None,
+    })
 }
 
 /// Reads the topic from the beginning with `--consumers` consumers until `--messages` records arrived.
 async fn consume(cli: &Cli, progress: Arc<AtomicU64>) -> anyhow::Result<Outcome> {
     let started = Instant::now();
     let (messages, bytes, latency_us) = consume_until(cli, cli.messages, progress, None).await?;
-    Ok(Outcome { messages, bytes, elapsed: started.elapsed(), latency_us })
+    Ok(Outcome { messages, bytes, elapsed: started.elapsed(), latency_us, lag: None })
 }
 
 /// Consumers that read until `target` records arrived in total, from the beginning, or from `start_offsets` (one per
@@ -374,14 +443,35 @@ async fn end_to_end(cli: &Cli, progress: Arc<AtomicU64>) -> anyhow::Result<Outco
         end_offsets[partition.partition as usize] = partition.end_offset;
     }
     let started = Instant::now();
+    let received = Arc::new(AtomicU64::new(0));
     let consumers = {
-        let cli = cli.clone();
-        let progress = Arc::new(AtomicU64::new(0));
-        tokio::spawn(async move { consume_until(&cli, cli.messages, progress, Some(end_offsets)).await })
+        let (cli, received) = (cli.clone(), Arc::clone(&received));
+        tokio::spawn(async move { consume_until(&cli, cli.messages, received, Some(end_offsets)).await })
     };
-    produce(cli, cli.producers, cli.messages, progress).await?;
+    // Lag is sampled only while the producers run: afterwards it can only shrink.
+    let sent = Arc::new(AtomicU64::new(0));
+    let producing = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (sent, received, producing) = (Arc::clone(&sent), Arc::clone(&received), Arc::clone(&producing));
+        tokio::spawn(async move {
+            let mut samples = Vec::new();
+            let mut interval = tokio::time::interval(Duration::from_millis(100));
+            while producing.load(Ordering::Relaxed) {
+                interval.tick().await;
+                let lag = sent.load(Ordering::Relaxed).saturating_sub(received.load(Ordering::Relaxed));
+                samples.push((started.elapsed().as_secs_f64(), lag as f64));
+            }
+            samples
+        })
+    };
+    let produced = produce(cli, cli.producers, cli.messages, progress, Arc::clone(&sent)).await;
+    producing.store(false, Ordering::Relaxed);
+    let samples = sampler.await?;
+    let produced = produced?;
     let (messages, bytes, latency_us) = consumers.await??;
-    Ok(Outcome { messages, bytes, elapsed: started.elapsed(), latency_us })
+    let produce_rate = produced.messages as f64 / produced.elapsed.as_secs_f64().max(f64::MIN_POSITIVE);
+    let lag = Some(Lag::from_samples(&samples, produce_rate));
+    Ok(Outcome { messages, bytes, elapsed: started.elapsed(), latency_us, lag })
 }
 
 async fn report_progress(progress: Arc<AtomicU64>, total: u64) {
@@ -405,12 +495,19 @@ fn print_outcome(cli: &Cli, outcome: &Outcome) {
     // The name clap accepts on the command line (`end-to-end`), so the printed command reproduces the run.
     let scenario = cli.scenario.to_possible_value().map_or_else(String::new, |value| value.get_name().to_owned());
     let acks = format!("{:?}", cli.acks).to_lowercase();
+    let lag_json = outcome.lag.as_ref().map_or_else(String::new, |lag| {
+        format!(
+            ",\"produce_messages_per_sec\":{:.1},\"lag_max_records\":{},\"lag_slope_per_sec\":{:.1}",
+            lag.produce_rate, lag.max_records, lag.slope_per_sec
+        )
+    });
     if cli.json {
         println!(
             "{{\"scenario\":\"{scenario}\",\"messages\":{},\"seconds\":{seconds:.3},\"messages_per_sec\":{messages_per_sec:.1},\
              \"mb_per_sec\":{mb_per_sec:.2},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"max_ms\":{:.3},\
              \"partitions\":{},\"producers\":{},\"consumers\":{},\"message_size\":{},\"batch_bytes\":{},\"linger_ms\":{},\
-             \"acks\":\"{acks}\",\"idempotent\":{},\"transactional\":{},\"warmup\":{},\"cores\":{cores}}}",
+             \"acks\":\"{acks}\",\"idempotent\":{},\"transactional\":{},\"warmup\":{},\"window\":{},\"keys\":\"{}\",\"fsync\":\"{}\",\
+             \"cores\":{cores}{lag_json}}}",
             outcome.messages,
             ms(0.5),
             ms(0.99),
@@ -425,6 +522,9 @@ fn print_outcome(cli: &Cli, outcome: &Outcome) {
             cli.idempotent,
             cli.transactional,
             cli.warmup,
+            cli.window,
+            format!("{:?}", cli.keys).to_lowercase(),
+            cli.fsync.as_deref().unwrap_or("default"),
         );
         return;
     }
@@ -449,10 +549,16 @@ fn print_outcome(cli: &Cli, outcome: &Outcome) {
         ms(0.999),
         outcome.latency_us.max() as f64 / 1e3
     );
+    if let Some(lag) = &outcome.lag {
+        println!(
+            "  producers alone {:.0} records/s; consumer lag while producing: max {} records, trend {:+.0} records/s",
+            lag.produce_rate, lag.max_records, lag.slope_per_sec
+        );
+    }
     println!(
         "  reproduce: cargo run --release -p ferry-bench --bin ferry-bench -- {scenario} --broker {} --topic {} \
          --partitions {} --producers {} --consumers {} --messages {} --message-size {} --batch-bytes {} --linger-ms {} \
-         --acks {acks} --warmup {}{}",
+         --window {} --keys {} --acks {acks} --warmup {}{}{}",
         cli.broker,
         cli.topic,
         cli.partitions,
@@ -462,7 +568,10 @@ fn print_outcome(cli: &Cli, outcome: &Outcome) {
         cli.message_size,
         cli.batch_bytes,
         cli.linger_ms,
+        cli.window,
+        format!("{:?}", cli.keys).to_lowercase(),
         cli.warmup,
+        cli.fsync.as_ref().map_or_else(String::new, |policy| format!(" --fsync {policy}")),
         if cli.idempotent { " --idempotent".to_owned() } else { String::new() }
             + &if cli.transactional { format!(" --transactional --txn-size {}", cli.txn_size) } else { String::new() }
     );
