@@ -228,6 +228,22 @@ impl LogReader {
         Ok(slice)
     }
 
+    /// The position and length of the batch holding `offset` within its segment: the index lookup, and the header
+    /// reads that check it, a [`LogReader::read`] starts with. Not part of the crate's API: the `fetch`
+    /// micro-benchmark (crate `ferry-bench`) times the lookup apart from the read with it.
+    #[doc(hidden)]
+    pub fn locate_offset(&self, offset: u64) -> Result<(u64, u32), LogError> {
+        let end = self.shared.visible_end();
+        let segments = self.shared.snapshot();
+        let start = segments.first().map_or(end, |segment| segment.base_offset);
+        if offset < start || offset >= end {
+            return Err(LogError::OffsetOutOfRange { requested: offset, start, end });
+        }
+        let n_at_or_below = segments.partition_point(|segment| segment.base_offset <= offset);
+        let segment = &segments[n_at_or_below.checked_sub(1).expect("offset >= start, the first segment's base")];
+        self.locate(segment, offset)
+    }
+
     /// Returns what was read before bad bytes, or the error if nothing was; counts the failure.
     fn fail_or_partial(
         &self,
