@@ -188,6 +188,10 @@ pub struct ProducerTable {
     entries: HashMap<i64, ProducerEntry>,
     producers_max: usize,
     budget: Arc<EntryBudget>,
+    /// No entry's `last_write_ms` is below this (`i64::MAX` when empty): [`ProducerTable::expire`] scans the table
+    /// only once the expiry cutoff reaches it, not after every group commit (a scan of 100,000 entries costs about
+    /// 150 µs, more than an 11 KiB append).
+    oldest_write_ms: i64,
 }
 
 impl Drop for ProducerTable {
@@ -204,14 +208,15 @@ impl ProducerTable {
 
     /// An empty table that tracks at most `producers_max` producer ids, drawing its entries from `budget`.
     pub fn with_budget(producers_max: usize, budget: Arc<EntryBudget>) -> ProducerTable {
-        ProducerTable { entries: HashMap::new(), producers_max, budget }
+        ProducerTable { entries: HashMap::new(), producers_max, budget, oldest_write_ms: i64::MAX }
     }
 
     /// A table holding a snapshot's entries (kept even beyond the limits: they were live when taken).
     pub fn from_snapshot(snapshot: &ProducerSnapshot, producers_max: usize, budget: Arc<EntryBudget>) -> ProducerTable {
         let entries: HashMap<i64, ProducerEntry> = snapshot.entries.iter().cloned().collect();
         budget.take(entries.len());
-        ProducerTable { entries, producers_max, budget }
+        let oldest_write_ms = entries.values().map(|entry| entry.last_write_ms).min().unwrap_or(i64::MAX);
+        ProducerTable { entries, producers_max, budget, oldest_write_ms }
     }
 
     /// Producer ids tracked.
@@ -286,8 +291,10 @@ impl ProducerTable {
             last_offset: header.last_offset(),
         };
         let budget = &self.budget;
+        let oldest_write_ms = &mut self.oldest_write_ms;
         let entry = self.entries.entry(header.producer_id).or_insert_with(|| {
             budget.take(1);
+            *oldest_write_ms = (*oldest_write_ms).min(now_ms);
             ProducerEntry {
                 epoch: header.producer_epoch,
                 batches: VecDeque::with_capacity(BATCHES_RETAINED),
@@ -307,9 +314,13 @@ impl ProducerTable {
 
     /// Drops the entries of producers that have not written since `now_ms - expiration_ms`; returns how many.
     pub fn expire(&mut self, now_ms: i64, expiration_ms: i64) -> usize {
-        let before = self.entries.len();
         let cutoff = now_ms.saturating_sub(expiration_ms);
+        if self.oldest_write_ms > cutoff {
+            return 0;
+        }
+        let before = self.entries.len();
         self.entries.retain(|_, entry| entry.last_write_ms > cutoff);
+        self.oldest_write_ms = self.entries.values().map(|entry| entry.last_write_ms).min().unwrap_or(i64::MAX);
         let expired = before - self.entries.len();
         self.budget.give_back(expired);
         expired

@@ -185,3 +185,30 @@ proptest! {
         producer_ops(&ops, start_near_max);
     }
 }
+
+/// `expire` skips its scan while no entry can be old enough; the bound it keeps must never hide an expired entry:
+/// not after writes at mixed times, not after a scan that expired some, not in a table restored from a snapshot.
+#[test]
+fn expiry_drops_exactly_the_entries_older_than_the_cutoff_whatever_the_order_of_writes() {
+    let mut table = ProducerTable::new(10);
+    let _ = submit(&mut table, header(1, 0, 0, 1, 0), 0, 1_000);
+    let _ = submit(&mut table, header(2, 0, 0, 1, 0), 1, 500);
+    let _ = submit(&mut table, header(3, 0, 0, 1, 0), 2, 2_000);
+    assert_eq!(table.expire(500 + EXPIRATION_MS - 1, EXPIRATION_MS), 0, "nothing is old enough yet");
+    assert_eq!(table.expire(500 + EXPIRATION_MS, EXPIRATION_MS), 1, "the entry written at 500 expires");
+    assert!(table.get(2).is_none() && table.get(1).is_some());
+    // Producer 1 writes again: its entry is now as young as that write.
+    let _ = submit(&mut table, header(1, 0, 1, 1, 0), 3, 3_000);
+    assert_eq!(table.expire(2_000 + EXPIRATION_MS, EXPIRATION_MS), 1, "only producer 3 (2,000) is old enough");
+    assert!(table.get(3).is_none() && table.get(1).is_some());
+    // A new producer written with an older clock (a replay) is still seen by the next expiry.
+    let _ = submit(&mut table, header(4, 0, 0, 1, 0), 4, 100);
+    assert_eq!(table.expire(100 + EXPIRATION_MS, EXPIRATION_MS), 1);
+    assert!(table.get(4).is_none());
+
+    let snapshot = table.snapshot(5);
+    let mut restored = ProducerTable::from_snapshot(&snapshot, 10, EntryBudget::new(10));
+    assert_eq!(restored.expire(3_000 + EXPIRATION_MS - 1, EXPIRATION_MS), 0);
+    assert_eq!(restored.expire(3_000 + EXPIRATION_MS, EXPIRATION_MS), 1, "a restored entry expires on its own time");
+    assert!(restored.is_empty());
+}
