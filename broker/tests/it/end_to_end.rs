@@ -144,6 +144,50 @@ async fn long_poll_returns_as_soon_as_data_arrives() {
     broker.stop().await;
 }
 
+/// A partition still holding buffered records must not wait behind a long poll on partitions with nothing new:
+/// the fetch started meanwhile (for the empty partition only) must not hold the broker's wait, or the busy
+/// partition's next fetch could only start when that wait ran out (a 20 s stall here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_partition_is_not_held_up_by_a_long_poll_on_an_idle_one() {
+    const RECORDS: usize = 3_000;
+    let broker = TestBroker::start().await;
+    broker.create_topic("busy", 2, &[]).await;
+    let producer = Producer::new(broker.addr.clone(), ProducerConfig::default()).expect("producer");
+    let mut deliveries = Vec::with_capacity(RECORDS);
+    for idx in 0..RECORDS {
+        let record = ProducerRecord::new("busy", vec![b'x'; 100]).with_key(idx.to_string()).with_partition(0);
+        deliveries.push(producer.send(record).await.expect("accepted"));
+    }
+    for delivery in deliveries {
+        delivery.await.expect("delivered");
+    }
+    producer.close().await.expect("close");
+
+    let config = ConsumerConfig {
+        fetch_wait_max: Duration::from_secs(20),
+        // Several fetches for partition 0, and polls that leave records buffered after each of them.
+        partition_fetch_bytes_max: 16 * 1024,
+        poll_records_max: 50,
+        ..ConsumerConfig::default()
+    };
+    let mut consumer = Consumer::new(broker.addr.clone(), config).expect("consumer");
+    consumer.assign("busy", [0, 1]).expect("assign");
+    consumer.seek("busy", 0, SeekTo::Earliest).expect("seek");
+    consumer.seek("busy", 1, SeekTo::Earliest).expect("seek");
+    let mut read = 0;
+    let mut polls = 0;
+    while read < RECORDS {
+        let records = consumer.poll(Duration::from_secs(5)).await.expect("poll");
+        polls += 1;
+        assert!(!records.is_empty(), "poll {polls} came back empty after {read} of {RECORDS} records");
+        assert!(records.iter().all(|record| record.partition == 0));
+        read += records.len();
+    }
+    assert_eq!(read, RECORDS);
+    consumer.close().await;
+    broker.stop().await;
+}
+
 /// Runs the `ferry` command line in-process against `addr`; returns stdout.
 pub(crate) async fn ferry(addr: &str, args: &[&str], stdin: &[u8]) -> String {
     let cli = Cli::try_parse_from(["ferry", "--broker", addr].iter().chain(args)).expect("valid command line");
