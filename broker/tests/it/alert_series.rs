@@ -225,9 +225,10 @@ async fn each_fault_moves_the_series_its_alert_watches_and_tests_yml_starts_from
     let elapsed = waited.elapsed().as_secs_f64();
     let lag_growth = present(&later, "ferry_group_lag_seconds", &group_labels) - lag;
     let txn_growth = present(&later, "ferry_transaction_oldest_age_seconds", &[]) - txn_age;
-    // The lag is refreshed every 5 s and the age every second, so each lags the wall clock by at most that.
-    assert!(lag_growth > 0.0 && lag_growth <= elapsed + 5.5, "lag grew {lag_growth} s in {elapsed} s");
-    assert!(txn_growth >= elapsed - 1.5 && txn_growth <= elapsed + 1.5, "age grew {txn_growth} s in {elapsed} s");
+    // The lag is refreshed every 5 s and the age every second, so each lags the wall clock by about that (plus a
+    // margin for a loaded machine).
+    assert!(lag_growth > 0.0 && lag_growth <= elapsed + 8.0, "lag grew {lag_growth} s in {elapsed} s");
+    assert!(txn_growth >= elapsed - 3.0 && txn_growth <= elapsed + 3.0, "age grew {txn_growth} s in {elapsed} s");
     record("ferry_group_lag_seconds", &group_labels, 0.0, lag, Kind::Age);
     record("ferry_transaction_oldest_age_seconds", &[], 0.0, txn_age, Kind::Age);
 
