@@ -10,6 +10,7 @@
 //! - [`meta`]: the metadata store (RocksDB, and the only module that names it): column families, key encodings.
 //! - [`metrics`]: metric names, their descriptions, and the `/metrics` endpoint.
 //! - `data_dir`: the data directory's layout and its exclusive lock.
+//! - `failpoints`: test-only fault injection (`FERRY_FAILPOINT`), e.g. failing segment fsyncs.
 //! - [`partitions`]: the partitions registry: every topic's partition logs and appenders, topic creation and
 //!   deletion (crash-safe), the `logs/` directory layout.
 //! - [`groups`]: the consumer-group coordinator (membership, generations, assignors, commit rules) and the group
@@ -28,6 +29,7 @@ mod broker;
 pub mod config;
 mod connection;
 mod data_dir;
+mod failpoints;
 pub mod groups;
 mod handlers;
 pub mod meta;

@@ -789,7 +789,7 @@ async fn close_opened(opened: BTreeMap<String, Vec<Opened>>) {
 
 /// Opens (recovers) one partition log and starts its appender. Blocks.
 fn open_partition(job: &OpenJob) -> Result<Opened, LogError> {
-    let storage: Arc<dyn Storage> = Arc::new(RealFs);
+    let storage: Arc<dyn Storage> = crate::failpoints::partition_storage();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let (log, report) = ferry_log::Log::open(storage, &job.dir, job.log_config.clone(), Arc::clone(&clock))?;
     log_report(&job.topic, job.partition, &report);

@@ -1,5 +1,8 @@
 //! The broker's one integration-test binary (every test binary links RocksDB, so there is only one).
 //!
+//! - `alert_series`: the real binary through each fault an alert rule watches for (SIGKILL, a failing fsync, a
+//!   damaged partition, a torn tail, a lagging group, an open transaction, a connection flood), scraped before and
+//!   after; the values `ops/prometheus/tests.yml` (`promtool test rules`) must start from.
 //! - `binary`: runs the real `ferry-broker` executable: startup, `/metrics`, signals, the data-directory lock,
 //!   config errors.
 //! - `in_process`: starts brokers with `ferry_broker::Broker::open`.
@@ -27,6 +30,7 @@
 //! - `harness`: an in-process test broker, the binary's client address, raw frames, metric values.
 //! - `support`: a broker child process whose stderr log lines the tests can wait for, and a tiny HTTP scraper.
 
+mod alert_series;
 mod bad_input;
 mod binary;
 mod chaos;

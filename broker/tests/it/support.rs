@@ -28,8 +28,14 @@ impl BrokerProcess {
 
     /// Starts a broker on `data_dir` (as [`BrokerProcess::start_on`]) with one more environment variable.
     pub fn start_with_env(data_dir: &Path, env: Option<(&str, &str)>) -> BrokerProcess {
+        BrokerProcess::start_configured(data_dir, None, env)
+    }
+
+    /// Starts a broker on `data_dir` (as [`BrokerProcess::start_on`]) with a `--config` file if given, and one more
+    /// environment variable if given.
+    pub fn start_configured(data_dir: &Path, config: Option<&Path>, env: Option<(&str, &str)>) -> BrokerProcess {
         let data_dir = data_dir.to_str().expect("utf-8 temp path");
-        let args = [
+        let mut args = vec![
             "--data-dir",
             data_dir,
             "--listen",
@@ -39,6 +45,9 @@ impl BrokerProcess {
             "--log-format",
             "text",
         ];
+        if let Some(config) = config {
+            args.extend(["--config", config.to_str().expect("utf-8 temp path")]);
+        }
         BrokerProcess::spawn(&args, env)
     }
 
