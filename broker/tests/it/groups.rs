@@ -298,7 +298,11 @@ async fn a_stale_or_removed_member_cannot_commit() {
         assert!(Instant::now() < deadline, "the first member was never removed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let fetch = Request::OffsetFetch(OffsetFetchRequest { group_id: "fence".to_owned(), topics: Vec::new() });
+    let fetch = Request::OffsetFetch(OffsetFetchRequest {
+        group_id: "fence".to_owned(),
+        topics: Vec::new(),
+        include_lag: false,
+    });
     let Response::OffsetFetch(offsets) = connection.request(fetch).await.expect("fetch") else { panic!("fetch") };
     assert_eq!(offsets.topics.len(), 1);
     assert_eq!(offsets.topics[0].partitions.len(), 1, "only the first, accepted commit is stored: {offsets:?}");
