@@ -564,7 +564,7 @@ async fn the_cli_consumes_as_a_group_and_describes_its_lag() {
     assert_eq!(first.lines().count(), 12);
     let described = ferry(&broker.addr, &["group", "describe", "readers"], b"").await;
     assert!(described.contains("group: readers\tstate: empty"), "{described}");
-    assert!(described.contains("\tcli\t0\t-\t12\t20\t8\n"), "committed 12 of 20, lag 8: {described}");
+    assert!(described.contains("\tcli\t0\t-\t12\t20\t8\t"), "committed 12 of 20, lag 8: {described}");
     // Lag in records and in seconds (the age of the next unconsumed record, line 12), refreshed in the background.
     let series = |name: &str| format!("{name}{{group=\"readers\",topic=\"cli\",partition=\"0\"}}");
     let (lag_records, lag_seconds) = (series("ferry_group_lag_records"), series("ferry_group_lag_seconds"));
