@@ -203,7 +203,7 @@ pub struct TransactionInfo {
 }
 
 /// Creates, deletes, lists and describes topics; lists and describes consumer groups; lists and aborts open
-/// transactions.
+/// transactions; describes the broker and a topic's idempotent producers.
 ///
 /// ```no_run
 /// use ferry_client::{Admin, ConnectionConfig};
