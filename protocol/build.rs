@@ -16,6 +16,7 @@ const PROTO_FILES: &[&str] = &[
     "proto/producer.proto",
     "proto/groups.proto",
     "proto/transactions.proto",
+    "proto/admin.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -1,8 +1,8 @@
 //! Starting and stopping a broker: [`Broker::open`] and [`Broker::shutdown`].
 //!
-//! Startup order: validate the config, install the metrics recorder, lock the data directory, open the metadata
-//! store, serve `/metrics`, bind the client listener, open every partition (recovery), then start the network
-//! server (logged as `listening on ADDR`). Each step that fails stops startup with a [`StartupError`] naming what
+//! Startup order: validate the config, install the metrics recorder, lock the data directory, serve `/metrics`,
+//! `/health` and `/ready` (503 until the end of startup), open the metadata store, bind the client listener, open
+//! every partition (recovery), then start the network server (logged as `listening on ADDR`) and report ready. Each step that fails stops startup with a [`StartupError`] naming what
 //! failed, and everything opened so far is closed again (by drop).
 //!
 //! Shutdown order ([`Broker::shutdown`]): cancel the token (the server stops accepting; each connection stops
@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, ConfigError};
 use crate::data_dir::{self, DataDirLock};
 use crate::groups::{self, Coordinator, TopicSource};
+use crate::health::Readiness;
 use crate::meta::{MetaConfig, MetaError, MetaStore};
 use crate::metrics;
 use crate::partitions::{PartitionRecovery, Partitions, PartitionsError};
@@ -166,6 +167,7 @@ pub struct Broker {
     partitions: Arc<Partitions>,
     address: SocketAddr,
     metrics_address: SocketAddr,
+    readiness: Arc<Readiness>,
     shutdown: CancellationToken,
     _cancel_on_drop: DropGuard,
     tasks: TaskTracker,
@@ -183,14 +185,34 @@ impl Broker {
         let metrics_handle = metrics::install_recorder()?;
 
         let data_dir = config.data_dir.clone();
-        let (lock, meta) = tokio::task::spawn_blocking(move || {
-            let lock = DataDirLock::acquire(&data_dir)?;
-            let meta =
-                MetaStore::open(&data_dir::meta_dir(&data_dir), &MetaConfig::default()).map_err(StartupError::Meta)?;
-            Ok::<_, StartupError>((lock, meta))
+        let lock = tokio::task::spawn_blocking(move || DataDirLock::acquire(&data_dir))
+            .await
+            .unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()))?;
+
+        // Served before the metadata store and the partitions open, so `/health` answers during a long recovery
+        // and `/ready` says why the broker is not ready yet.
+        let listener = TcpListener::bind(config.metrics_listen)
+            .await
+            .map_err(|source| StartupError::MetricsListen { address: config.metrics_listen, source })?;
+        let metrics_address = listener
+            .local_addr()
+            .map_err(|source| StartupError::MetricsListen { address: config.metrics_listen, source })?;
+        let shutdown = CancellationToken::new();
+        // Cancels the metrics endpoint if startup fails from here on.
+        let cancel_on_drop = shutdown.clone().drop_guard();
+        let tasks = TaskTracker::new();
+        let readiness = Arc::new(Readiness::new());
+        tasks.spawn(metrics::serve(listener, metrics_handle, Arc::clone(&readiness), shutdown.clone()));
+        // Tests and operators find the (possibly ephemeral) port in this line.
+        tracing::info!("metrics listening on {metrics_address}");
+
+        let data_dir = config.data_dir.clone();
+        let meta = tokio::task::spawn_blocking(move || {
+            MetaStore::open(&data_dir::meta_dir(&data_dir), &MetaConfig::default())
         })
         .await
-        .unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()))?;
+        .unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()))
+        .map_err(StartupError::Meta)?;
         let meta = Arc::new(meta);
         let info = meta.broker_info();
         tracing::info!(
@@ -199,18 +221,7 @@ impl Broker {
             cluster_id = %info.cluster_id,
             "metadata store open"
         );
-
-        let listener = TcpListener::bind(config.metrics_listen)
-            .await
-            .map_err(|source| StartupError::MetricsListen { address: config.metrics_listen, source })?;
-        let metrics_address = listener
-            .local_addr()
-            .map_err(|source| StartupError::MetricsListen { address: config.metrics_listen, source })?;
-        let shutdown = CancellationToken::new();
-        let tasks = TaskTracker::new();
-        tasks.spawn(metrics::serve(listener, metrics_handle, shutdown.clone()));
-        // Tests and operators find the (possibly ephemeral) port in this line.
-        tracing::info!("metrics listening on {metrics_address}");
+        readiness.recovering();
 
         // Bound before recovery so the port is taken early; connections wait in the backlog until the server runs.
         let listen_error = |source| StartupError::Listen { address: config.listen, source };
@@ -270,6 +281,7 @@ impl Broker {
             transactions,
         ));
         tasks.spawn(server::run(listener, state, shutdown.clone()));
+        readiness.serving(Arc::clone(&partitions));
         // Tests and operators find the (possibly ephemeral) port in this line.
         tracing::info!("listening on {address}");
 
@@ -279,7 +291,8 @@ impl Broker {
             partitions,
             address,
             metrics_address,
-            _cancel_on_drop: shutdown.clone().drop_guard(),
+            readiness,
+            _cancel_on_drop: cancel_on_drop,
             shutdown,
             tasks,
             lock,
@@ -296,7 +309,12 @@ impl Broker {
         &self.meta
     }
 
-    /// The address `/metrics` is served on; differs from `metrics_listen` when that asked for port 0.
+    /// Whether the broker is ready, as `/ready` reports it.
+    pub fn readiness(&self) -> &Arc<Readiness> {
+        &self.readiness
+    }
+
+    /// The address `/metrics` (and `/health`, `/ready`) is served on; differs from `metrics_listen` when that asked for port 0.
     pub fn metrics_address(&self) -> SocketAddr {
         self.metrics_address
     }
@@ -317,6 +335,7 @@ impl Broker {
     /// (each drains its queue, syncs and writes its clean checkpoint), flush and close the metadata store, and
     /// release the data directory's lock.
     pub async fn shutdown(self) -> Result<(), ShutdownError> {
+        self.readiness.shutting_down();
         self.shutdown.cancel();
         self.tasks.close();
         if tokio::time::timeout(SHUTDOWN_TASKS_DEADLINE, self.tasks.wait()).await.is_err() {

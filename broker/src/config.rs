@@ -562,6 +562,73 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The configuration in effect as `(TOML key, value)` pairs, sections dotted (`log.segment_bytes`), durations in
+    /// milliseconds under their `_ms` keys and no limit as `-1`, as `ferry broker info` shows them.
+    pub fn to_pairs(&self) -> Vec<(&'static str, String)> {
+        fn ms(duration: Duration) -> String {
+            duration.as_millis().to_string()
+        }
+        fn limit(limit: Limit<u64>) -> String {
+            limit.at_most().map_or_else(|| "-1".to_owned(), |value| value.to_string())
+        }
+        let (log, server, producers, groups, txns) =
+            (&self.log, &self.server, &self.producers, &self.groups, &self.transactions);
+        vec![
+            ("data_dir", self.data_dir.display().to_string()),
+            ("listen", self.listen.to_string()),
+            ("metrics_listen", self.metrics_listen.to_string()),
+            ("fsync", self.fsync.to_string()),
+            (
+                "log_format",
+                match self.log_format {
+                    LogFormat::Text => "text".to_owned(),
+                    LogFormat::Json => "json".to_owned(),
+                },
+            ),
+            ("log.segment_bytes", log.segment_bytes.to_string()),
+            ("log.segment_ms", ms(log.segment_age)),
+            (
+                "log.retention_ms",
+                limit(log.retention_age.map(|age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX))),
+            ),
+            ("log.retention_bytes", limit(log.retention_bytes)),
+            ("log.index_interval_bytes", log.index_interval_bytes.to_string()),
+            ("log.batch_bytes_max", log.batch_bytes_max.to_string()),
+            ("server.connections_max", server.connections_max.to_string()),
+            ("server.in_flight_requests_max", server.in_flight_requests_max.to_string()),
+            ("server.idle_timeout_ms", ms(server.idle_timeout)),
+            ("server.request_read_timeout_ms", ms(server.request_read_timeout)),
+            ("server.fetch_wait_ms_max", ms(server.fetch_wait_max)),
+            ("server.frame_bytes_max", server.frame_bytes_max.to_string()),
+            ("server.request_bytes_max", server.request_bytes_max.to_string()),
+            ("server.response_bytes_max", server.response_bytes_max.to_string()),
+            ("server.partitions_per_topic_max", server.partitions_per_topic_max.to_string()),
+            ("server.request_timeout_ms", ms(server.request_timeout)),
+            ("server.write_timeout_ms", ms(server.write_timeout)),
+            ("server.fetch_bytes_max", server.fetch_bytes_max.to_string()),
+            ("server.topics_max", server.topics_max.to_string()),
+            ("server.partitions_max", server.partitions_max.to_string()),
+            ("producers.ids_max", producers.ids_max.to_string()),
+            ("producers.entries_max", producers.entries_max.to_string()),
+            ("producers.id_expiration_ms", ms(producers.id_expiration)),
+            ("producers.snapshot_interval_ms", ms(producers.snapshot_interval)),
+            ("producers.snapshot_bytes", producers.snapshot_bytes.to_string()),
+            ("groups.groups_max", groups.groups_max.to_string()),
+            ("groups.members_per_group_max", groups.members_per_group_max.to_string()),
+            ("groups.session_timeout_ms_min", ms(groups.session_timeout_min)),
+            ("groups.session_timeout_ms_max", ms(groups.session_timeout_max)),
+            ("groups.offsets_retention_ms", ms(groups.offsets_retention)),
+            ("groups.offsets_retention_check_interval_ms", ms(groups.offsets_retention_check_interval)),
+            ("transactions.timeout_default_ms", ms(txns.timeout_default)),
+            ("transactions.timeout_max_ms", ms(txns.timeout_max)),
+            ("transactions.timeout_check_interval_ms", ms(txns.timeout_check_interval)),
+            ("transactions.ids_max", txns.ids_max.to_string()),
+            ("transactions.open_max", txns.open_max.to_string()),
+            ("transactions.bytes_max", txns.bytes_max.to_string()),
+            ("transactions.partitions_max", txns.partitions_max.to_string()),
+        ]
+    }
+
     /// Builds the configuration from the built-in defaults, the file given with `--config`, and the flags,
     /// each overriding the one before. Does not validate: call [`Config::validate`] next.
     pub fn load(args: &Args) -> Result<Config, ConfigError> {

@@ -8,7 +8,8 @@
 //! - [`config`]: the configuration (defaults, TOML file, flags), validated once at startup.
 //! - [`topic`]: topics as the domain sees them: [`topic::TopicRecord`] and per-topic [`topic::TopicConfig`] overrides.
 //! - [`meta`]: the metadata store (RocksDB, and the only module that names it): column families, key encodings.
-//! - [`metrics`]: metric names, their descriptions, and the `/metrics` endpoint.
+//! - [`metrics`]: metric names, their descriptions, and the `/metrics` endpoint (with `/health` and `/ready`).
+//! - [`health`]: liveness and readiness ([`health::Readiness`]), as `/health` and `/ready` report them.
 //! - `data_dir`: the data directory's layout and its exclusive lock.
 //! - `failpoints`: test-only fault injection (`FERRY_FAILPOINT`), e.g. failing segment fsyncs.
 //! - [`partitions`]: the partitions registry: every topic's partition logs and appenders, topic creation and
@@ -32,6 +33,7 @@ mod data_dir;
 mod failpoints;
 pub mod groups;
 mod handlers;
+pub mod health;
 pub mod meta;
 pub mod metrics;
 pub mod partitions;

@@ -1,4 +1,5 @@
-//! Metrics: the name of every metric the broker exports, their descriptions, and the Prometheus `/metrics` endpoint.
+//! Metrics: the name of every metric the broker exports, their descriptions, and the Prometheus `/metrics` endpoint
+//! (which also answers `/health` and `/ready`, see [`crate::health`]).
 //!
 //! Names follow Prometheus conventions: the `ferry_` prefix, base units (`_seconds`, `_bytes`) and `_total` for
 //! counters. Label values are bounded: topic, partition, group, api, reason and result, never a producer or
@@ -22,6 +23,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::health::Readiness;
 
 /// Label: the request kind (`produce`, `fetch`, ...).
 pub const LABEL_API: &str = "api";
@@ -222,10 +225,17 @@ pub fn install_recorder() -> Result<PrometheusHandle, InstallError> {
     Ok(handle)
 }
 
-/// Serves the Prometheus text exposition of `handle` at `GET /metrics` on `listener` until `shutdown` is cancelled,
-/// then waits for the scrapes in progress (each bounded by [`SCRAPE_TIMEOUT`]).
+/// Serves, on `listener` until `shutdown` is cancelled, the Prometheus text exposition of `handle` at `GET /metrics`,
+/// liveness at `GET /health` (always 200 `ok`) and readiness at `GET /ready` (200 `ready`, or 503 with the
+/// one-line [`crate::health::NotReady`] reason); other paths get 404. Then waits for the requests in progress (each
+/// bounded by [`SCRAPE_TIMEOUT`]).
 /// Also runs the recorder's upkeep every [`UPKEEP_INTERVAL`].
-pub async fn serve(listener: TcpListener, handle: PrometheusHandle, shutdown: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    handle: PrometheusHandle,
+    readiness: Arc<Readiness>,
+    shutdown: CancellationToken,
+) {
     let scrapes = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(SCRAPES_CONCURRENT_MAX));
     let mut upkeep = tokio::time::interval(UPKEEP_INTERVAL);
@@ -248,8 +258,9 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle, shutdown: Ca
                     continue;
                 };
                 let handle = handle.clone();
+                let readiness = Arc::clone(&readiness);
                 scrapes.spawn(async move {
-                    match tokio::time::timeout(SCRAPE_TIMEOUT, respond(stream, &handle)).await {
+                    match tokio::time::timeout(SCRAPE_TIMEOUT, respond(stream, &handle, &readiness)).await {
                         Ok(Ok(())) => {}
                         Ok(Err(error)) => tracing::debug!(%peer, %error, "metrics scrape failed"),
                         Err(_) => tracing::debug!(%peer, "metrics scrape timed out"),
@@ -264,7 +275,7 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle, shutdown: Ca
 }
 
 /// Reads one HTTP request head and answers it, then closes the connection.
-async fn respond(mut stream: TcpStream, handle: &PrometheusHandle) -> std::io::Result<()> {
+async fn respond(mut stream: TcpStream, handle: &PrometheusHandle, readiness: &Readiness) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
@@ -289,7 +300,16 @@ async fn respond(mut stream: TcpStream, handle: &PrometheusHandle) -> std::io::R
     let path = target.split(|&byte| byte == b'?').next().unwrap_or_default();
     match (method, path) {
         (b"GET", b"/metrics") => write_response(&mut stream, "200 OK", &handle.render()).await,
-        (b"GET", _) => write_response(&mut stream, "404 Not Found", "not found; metrics are at /metrics\n").await,
+        (b"GET", b"/health") => write_response(&mut stream, "200 OK", "ok\n").await,
+        (b"GET", b"/ready") => match readiness.check() {
+            Ok(()) => write_response(&mut stream, "200 OK", "ready\n").await,
+            Err(not_ready) => {
+                write_response(&mut stream, "503 Service Unavailable", &format!("not ready: {not_ready}\n")).await
+            }
+        },
+        (b"GET", _) => {
+            write_response(&mut stream, "404 Not Found", "not found; try /metrics, /health or /ready\n").await
+        }
         _ => write_response(&mut stream, "405 Method Not Allowed", "only GET is supported\n").await,
     }
 }

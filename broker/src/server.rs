@@ -74,6 +74,10 @@ pub struct ServerState {
     pub(crate) request_budget: RequestBudget,
     /// The broker-wide budget of response bytes queued or reserved (`server.response_bytes_max`).
     pub(crate) response_budget: ByteBudget,
+    /// One permit per open client connection, `server.connections_max` in all.
+    pub(crate) connections: Arc<Semaphore>,
+    /// When the server state was made: just before the broker began serving clients (for its uptime).
+    pub(crate) started: std::time::Instant,
 }
 
 impl ServerState {
@@ -96,17 +100,28 @@ impl ServerState {
                 RESPONSE_BYTES,
                 RESPONSE_BUDGET_WAITS_TOTAL,
             ),
-            config,
             partitions,
             reads: Arc::new(Semaphore::new(crate::handlers::fetch::FETCH_READS_CONCURRENT_MAX)),
+            connections: Arc::new(Semaphore::new(connections_max(&config))),
+            started: std::time::Instant::now(),
             shutdown,
             tasks,
             producer_ids,
             meta,
             groups,
             transactions,
+            config,
         }
     }
+
+    /// Client connections open now.
+    pub(crate) fn connections_open(&self) -> usize {
+        connections_max(&self.config).saturating_sub(self.connections.available_permits())
+    }
+}
+
+fn connections_max(config: &Config) -> usize {
+    usize::try_from(config.server.connections_max).unwrap_or(usize::MAX)
 }
 
 /// A broker-wide budget of bytes, one permit per byte, with a gauge of the bytes charged and a counter of waits:
@@ -223,8 +238,8 @@ impl Drop for BudgetCharge {
 
 /// Accepts connections on `listener` until `shutdown` is cancelled; each is served by a task on `state.tasks`.
 pub async fn run(listener: TcpListener, state: Arc<ServerState>, shutdown: CancellationToken) {
-    let connections_max = usize::try_from(state.config.server.connections_max).unwrap_or(usize::MAX);
-    let connections = Arc::new(Semaphore::new(connections_max));
+    let connections_max = connections_max(&state.config);
+    let connections = Arc::clone(&state.connections);
     let rejections = Arc::new(Semaphore::new(REJECTIONS_CONCURRENT_MAX));
     let rejected_by_limit = metrics::counter!(CONNECTIONS_REJECTED_TOTAL, LABEL_REASON => "limit");
     loop {

@@ -1,4 +1,5 @@
-//! The [`Admin`] client: topics, consumer groups and open transactions.
+//! The [`Admin`] client: topics, consumer groups, open transactions, and introspection of the broker and its
+//! idempotent producers.
 //!
 //! Admin operations are not retried: creating a topic whose response was lost may have succeeded, and a retry
 //! would then fail with `TOPIC_ALREADY_EXISTS`. Errors say whether a retry can help
@@ -8,8 +9,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ferry_protocol::messages::{
-    AbortTxnRequest, CreatableTopic, CreateTopicsRequest, DeleteTopicsRequest, DescribeGroupsRequest,
-    DescribeTopicsRequest, ListGroupsRequest, ListTopicsRequest, ListTxnsRequest, OffsetFetchRequest, TopicPartitions,
+    AbortTxnRequest, CreatableTopic, CreateTopicsRequest, DeleteTopicsRequest, DescribeBrokerRequest,
+    DescribeGroupsRequest, DescribeProducersRequest, DescribeTopicsRequest, ListGroupsRequest, ListTopicsRequest,
+    ListTxnsRequest, OffsetFetchRequest, TopicPartitions,
 };
 use ferry_protocol::{ApiKey, ErrorCode, Request, Response};
 
@@ -49,6 +51,67 @@ pub struct PartitionInfo {
     pub damaged: bool,
     /// Why the partition is unhealthy (e.g. `PARTITION_DAMAGED`), with the broker's detail; `None` when healthy.
     pub error: Option<(ErrorCode, String)>,
+    /// Bytes of segment data on disk (0 from a broker that does not report it).
+    pub size_bytes: u64,
+    /// Segment files on disk (0 from a broker that does not report it).
+    pub segment_count: u32,
+    /// The fsync policy in effect: `always`, `interval:MS` or `never` (empty from a broker that does not report it).
+    pub fsync: String,
+}
+
+/// The broker itself, as described by [`Admin::describe_broker`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerInfo {
+    /// The broker's version.
+    pub version: String,
+    /// Time since the broker began serving clients.
+    pub uptime: Duration,
+    /// The configuration in effect: TOML keys (sections dotted) to values; durations in ms, -1 for no limit.
+    pub config: BTreeMap<String, String>,
+    /// The data directory, as configured.
+    pub data_dir: String,
+    /// Bytes of every file under the data directory.
+    pub data_dir_bytes: u64,
+    /// Topics on the broker.
+    pub topics: u32,
+    /// Partitions accepting writes.
+    pub partitions_healthy: u32,
+    /// Partitions holding corrupt data below their acknowledged end.
+    pub partitions_damaged: u32,
+    /// Partitions stopped by a fatal error until the broker restarts.
+    pub partitions_failed: u32,
+    /// Client connections open (the admin client's included).
+    pub connections_open: u32,
+}
+
+/// The idempotent producers of one partition, as described by [`Admin::describe_producers`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionProducersInfo {
+    /// The partition number.
+    pub partition: u32,
+    /// Why the partition's producers could not be read, with the broker's detail; `None` on success.
+    pub error: Option<(ErrorCode, String)>,
+    /// The producers, by producer id; at most the broker's limit (1000).
+    pub producers: Vec<ProducerInfo>,
+    /// How many producer ids the partition tracks (more than `producers.len()` when `truncated`).
+    pub producer_count: u32,
+    /// Whether the broker listed fewer producers than it tracks.
+    pub truncated: bool,
+}
+
+/// One idempotent producer's state in one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerInfo {
+    /// The producer id.
+    pub producer_id: i64,
+    /// Its newest epoch seen in the partition.
+    pub epoch: i32,
+    /// The sequence number of its last record written to the partition.
+    pub last_sequence: i32,
+    /// When it last wrote to the partition, in ms since the Unix epoch (the broker's clock).
+    pub last_write_ms: i64,
+    /// The offset of its last record written to the partition.
+    pub last_offset: u64,
 }
 
 /// A consumer group as listed by [`Admin::list_groups`].
@@ -107,6 +170,9 @@ pub struct GroupPartitionInfo {
     pub end_offset: u64,
     /// Records from the committed offset to the end; `None` without a committed offset.
     pub lag: Option<u64>,
+    /// Lag in time: the age of the record at the committed offset (the next one the group consumes), by the
+    /// broker's clock; zero when caught up; `None` without a committed offset.
+    pub lag_time: Option<Duration>,
 }
 
 /// An open transaction, as listed by [`Admin::list_transactions`].
@@ -137,7 +203,7 @@ pub struct TransactionInfo {
 }
 
 /// Creates, deletes, lists and describes topics; lists and describes consumer groups; lists and aborts open
-/// transactions.
+/// transactions; describes the broker and a topic's idempotent producers.
 ///
 /// ```no_run
 /// use ferry_client::{Admin, ConnectionConfig};
@@ -277,11 +343,10 @@ impl Admin {
                 start_offset: partition.start_offset,
                 end_offset: partition.end_offset,
                 damaged: partition.damaged,
-                error: match ClientError::check_wire(partition.error_code, "") {
-                    Ok(()) => None,
-                    Err(ClientError::Broker { code, .. }) => Some((code, partition.error_message)),
-                    Err(_) => Some((ErrorCode::Unknown, partition.error_message)),
-                },
+                error: item_error(partition.error_code, partition.error_message),
+                size_bytes: partition.size_bytes,
+                segment_count: partition.segment_count,
+                fsync: partition.fsync,
             })
             .collect();
         Ok(TopicInfo { name: topic.name, config: topic.config, partitions })
@@ -335,7 +400,11 @@ impl Admin {
         let group =
             response.groups.into_iter().next().ok_or_else(|| unexpected(ApiKey::DescribeGroups, "no description"))?;
         ClientError::check_wire(group.error_code, "")?;
-        let request = Request::OffsetFetch(OffsetFetchRequest { group_id: group_id.to_owned(), topics: Vec::new() });
+        let request = Request::OffsetFetch(OffsetFetchRequest {
+            group_id: group_id.to_owned(),
+            topics: Vec::new(),
+            include_lag: true,
+        });
         let Response::OffsetFetch(offsets) = self.connection.request(request).await? else {
             return Err(unexpected(ApiKey::OffsetFetch, "not an OffsetFetch response"));
         };
@@ -360,8 +429,9 @@ impl Admin {
         for topic in &offsets.topics {
             for partition in &topic.partitions {
                 if partition.committed {
-                    partition_entry(&mut partitions, &topic.name, partition.partition).committed =
-                        Some(partition.offset);
+                    let entry = partition_entry(&mut partitions, &topic.name, partition.partition);
+                    entry.committed = Some(partition.offset);
+                    entry.lag_time = Some(Duration::from_millis(u64::try_from(partition.lag_ms).unwrap_or(0)));
                 }
             }
         }
@@ -440,6 +510,79 @@ impl Admin {
         Ok(response.aborted)
     }
 
+    /// Describes the broker: version, uptime, configuration in effect, data-directory usage, partition states and
+    /// open connections.
+    ///
+    /// ```no_run
+    /// # async fn example(admin: ferry_client::Admin) -> Result<(), ferry_client::ClientError> {
+    /// let broker = admin.describe_broker().await?;
+    /// println!("{} up {:?}, {} damaged partitions", broker.version, broker.uptime, broker.partitions_damaged);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn describe_broker(&self) -> Result<BrokerInfo, ClientError> {
+        let request = Request::DescribeBroker(DescribeBrokerRequest {});
+        let Response::DescribeBroker(response) = self.connection.request(request).await? else {
+            return Err(unexpected(ApiKey::DescribeBroker, "not a DescribeBroker response"));
+        };
+        ClientError::check_wire(response.error_code, "")?;
+        Ok(BrokerInfo {
+            version: response.version,
+            uptime: Duration::from_millis(response.uptime_ms),
+            config: response.config,
+            data_dir: response.data_dir,
+            data_dir_bytes: response.data_dir_bytes,
+            topics: response.topics,
+            partitions_healthy: response.partitions_healthy,
+            partitions_damaged: response.partitions_damaged,
+            partitions_failed: response.partitions_failed,
+            connections_open: response.connections_open,
+        })
+    }
+
+    /// Describes a topic's active idempotent producers, per partition: producer id, epoch, last sequence, last
+    /// write time and offset. Each partition lists at most the broker's limit (the lowest producer ids) and says
+    /// when it cut the list.
+    ///
+    /// ```no_run
+    /// # async fn example(admin: ferry_client::Admin) -> Result<(), ferry_client::ClientError> {
+    /// for partition in admin.describe_producers("orders").await? {
+    ///     for producer in &partition.producers {
+    ///         println!("{}: {} seq {}", partition.partition, producer.producer_id, producer.last_sequence);
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn describe_producers(&self, topic: &str) -> Result<Vec<PartitionProducersInfo>, ClientError> {
+        let request = Request::DescribeProducers(DescribeProducersRequest { topic: topic.to_owned() });
+        let Response::DescribeProducers(response) = self.connection.request(request).await? else {
+            return Err(unexpected(ApiKey::DescribeProducers, "not a DescribeProducers response"));
+        };
+        ClientError::check_wire(response.error_code, &response.error_message)?;
+        Ok(response
+            .partitions
+            .into_iter()
+            .map(|partition| PartitionProducersInfo {
+                partition: partition.partition,
+                error: item_error(partition.error_code, partition.error_message),
+                producers: partition
+                    .producers
+                    .into_iter()
+                    .map(|producer| ProducerInfo {
+                        producer_id: producer.producer_id,
+                        epoch: producer.epoch,
+                        last_sequence: producer.last_sequence,
+                        last_write_ms: producer.last_write_ms,
+                        last_offset: producer.last_offset,
+                    })
+                    .collect(),
+                producer_count: partition.producer_count,
+                truncated: partition.truncated,
+            })
+            .collect())
+    }
+
     /// The connection this client uses, e.g. to send raw requests.
     pub fn connection(&self) -> &Connection {
         &self.connection
@@ -463,7 +606,17 @@ fn partition_entry<'a>(
         committed: None,
         end_offset: 0,
         lag: None,
+        lag_time: None,
     })
+}
+
+/// A per-item error code and message as `Some((code, message))`, or `None` for NONE.
+fn item_error(error_code: u32, error_message: String) -> Option<(ErrorCode, String)> {
+    match ClientError::check_wire(error_code, "") {
+        Ok(()) => None,
+        Err(ClientError::Broker { code, .. }) => Some((code, error_message)),
+        Err(_) => Some((ErrorCode::Unknown, error_message)),
+    }
 }
 
 fn flatten(topics: &[TopicPartitions]) -> Vec<(String, u32)> {

@@ -11,9 +11,14 @@
 //!       [--isolation read-committed|read-uncommitted]
 //! ferry [--broker ADDR] group list | group describe G
 //! ferry [--broker ADDR] txn list | txn abort ID
+//! ferry [--broker ADDR] broker info
+//! ferry [--broker ADDR] producers TOPIC
 //! ```
 //!
 //! stdout carries only data (records, topic names and descriptions); logs, summaries and errors go to stderr.
+//! The listing commands (`topic list`, `topic describe`, `group list`, `group describe`, `txn list`, `broker info`,
+//! `producers`) print human-readable tab-separated tables by default, and one JSON document with the global `--json`
+//! flag, for scripts.
 //! The exit code is 0 on success and 1 on failure, with one error line on stderr.
 //!
 //! `produce --transactional-id ID` writes the lines in transactions: every `--txn-size N` lines (default: all of
@@ -34,6 +39,7 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
+use serde_json::{Value, json};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::time::Instant;
 
@@ -67,6 +73,9 @@ pub struct Cli {
     /// The broker to talk to, as HOST:PORT.
     #[arg(long, global = true, value_name = "ADDR", default_value = DEFAULT_BROKER)]
     pub broker: String,
+    /// Print listings and descriptions as one JSON document instead of a table (ignored by produce and consume).
+    #[arg(long, global = true)]
+    pub json: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -88,6 +97,23 @@ pub enum Command {
     /// List or abort open transactions.
     #[command(subcommand)]
     Txn(TxnCommand),
+    /// Describe the broker.
+    #[command(subcommand)]
+    Broker(BrokerCommand),
+    /// List a topic's active idempotent producers, per partition: producer id, epoch, last sequence, last write
+    /// time (ms since the Unix epoch) and last offset. Each partition lists at most 1000 (the lowest ids).
+    Producers {
+        /// The topic.
+        topic: String,
+    },
+}
+
+/// `ferry broker ...`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum BrokerCommand {
+    /// Print the broker's version, uptime, data directory and its size, partition states, open connections and the
+    /// configuration in effect.
+    Info,
 }
 
 /// `ferry txn ...`.
@@ -121,7 +147,7 @@ pub enum TopicCommand {
     },
     /// List every topic's name on stdout, one per line.
     List,
-    /// Print a topic's config and each partition's offsets and health.
+    /// Print a topic's config and each partition's offsets, size, segments, fsync policy and health.
     Describe {
         /// The topic name.
         name: String,
@@ -138,7 +164,8 @@ pub enum TopicCommand {
 pub enum GroupCommand {
     /// List every group on stdout, one per line: GROUP<TAB>STATE<TAB>MEMBERS.
     List,
-    /// Print a group's members and assignments, and per partition its committed offset, end offset and lag.
+    /// Print a group's members and assignments, and per partition its committed offset, end offset and lag in
+    /// records and in seconds (the age of the next record the group consumes).
     Describe {
         /// The group id.
         name: String,
@@ -387,13 +414,15 @@ where
     O: AsyncWrite + Unpin,
     E: AsyncWrite + Unpin,
 {
-    let broker = cli.broker;
+    let (broker, json) = (cli.broker, cli.json);
     match cli.command {
-        Command::Topic(command) => topic(&broker, command, stdout, &mut stderr).await,
+        Command::Topic(command) => topic(&broker, command, json, stdout, &mut stderr).await,
         Command::Produce(args) => produce(&broker, args, stdin, &mut stderr).await,
         Command::Consume(args) => consume(&broker, args, stdout, &mut stderr).await,
-        Command::Group(command) => group(&broker, command, stdout).await,
-        Command::Txn(command) => txn(&broker, command, stdout, &mut stderr).await,
+        Command::Group(command) => group(&broker, command, json, stdout).await,
+        Command::Txn(command) => txn(&broker, command, json, stdout, &mut stderr).await,
+        Command::Broker(BrokerCommand::Info) => broker_info(&broker, json, stdout).await,
+        Command::Producers { topic } => producers(&broker, &topic, json, stdout).await,
     }
 }
 
@@ -406,11 +435,13 @@ async fn note(stderr: &mut (impl AsyncWrite + Unpin), line: &str) {
 async fn topic(
     broker: &str,
     command: TopicCommand,
+    json: bool,
     stdout: impl AsyncWrite + Unpin,
     stderr: &mut (impl AsyncWrite + Unpin),
 ) -> Result<(), CliError> {
     let admin = Admin::new(broker, ConnectionConfig::default())?;
     let mut text = String::new();
+    let mut document = None;
     match command {
         TopicCommand::Create { name, partitions, config } => {
             let config: BTreeMap<String, String> = config.into_iter().collect();
@@ -418,13 +449,31 @@ async fn topic(
             note(stderr, &format!("created topic {name} with {partitions} partitions")).await;
         }
         TopicCommand::List => {
-            for topic in admin.list_topics().await? {
+            let topics = admin.list_topics().await?;
+            for topic in &topics {
                 text.push_str(&topic.name);
                 text.push('\n');
             }
+            document = Some(Value::Array(
+                topics.iter().map(|topic| json!({"name": topic.name, "partitions": topic.partition_count})).collect(),
+            ));
         }
         TopicCommand::Describe { name } => {
             let topic = admin.describe_topic(&name).await?;
+            document = Some(json!({
+                "name": topic.name,
+                "config": topic.config,
+                "partitions": topic.partitions.iter().map(|partition| json!({
+                    "partition": partition.partition,
+                    "start_offset": partition.start_offset,
+                    "end_offset": partition.end_offset,
+                    "size_bytes": partition.size_bytes,
+                    "segments": partition.segment_count,
+                    "fsync": partition.fsync,
+                    "damaged": partition.damaged,
+                    "error": partition.error.as_ref().map(|(code, message)| error_json(*code, message)),
+                })).collect::<Vec<Value>>(),
+            }));
             let config: Vec<String> = topic.config.iter().map(|(key, value)| format!("{key}={value}")).collect();
             text.push_str(&format!(
                 "topic: {}\tpartitions: {}\tconfig: {}\n",
@@ -434,8 +483,14 @@ async fn topic(
             ));
             for partition in &topic.partitions {
                 text.push_str(&format!(
-                    "\tpartition: {}\tstart: {}\tend: {}\tdamaged: {}",
-                    partition.partition, partition.start_offset, partition.end_offset, partition.damaged
+                    "\tpartition: {}\tstart: {}\tend: {}\tdamaged: {}\tsize: {}\tsegments: {}\tfsync: {}",
+                    partition.partition,
+                    partition.start_offset,
+                    partition.end_offset,
+                    partition.damaged,
+                    partition.size_bytes,
+                    partition.segment_count,
+                    if partition.fsync.is_empty() { "-" } else { &partition.fsync },
                 ));
                 if let Some((code, message)) = &partition.error {
                     text.push_str(&format!("\terror: {code} {message}"));
@@ -449,7 +504,7 @@ async fn topic(
         }
     }
     admin.close().await;
-    print_text(stdout, &text).await
+    print_output(stdout, json, &text, document).await
 }
 
 async fn produce(
@@ -757,17 +812,53 @@ fn rewind_unprinted(
     }
 }
 
-async fn group(broker: &str, command: GroupCommand, stdout: impl AsyncWrite + Unpin) -> Result<(), CliError> {
+async fn group(
+    broker: &str,
+    command: GroupCommand,
+    json: bool,
+    stdout: impl AsyncWrite + Unpin,
+) -> Result<(), CliError> {
     let admin = Admin::new(broker, ConnectionConfig::default())?;
     let mut text = String::new();
+    let document;
     match command {
         GroupCommand::List => {
-            for group in admin.list_groups().await? {
+            let groups = admin.list_groups().await?;
+            for group in &groups {
                 text.push_str(&format!("{}\t{}\t{}\n", group.group_id, group.state, group.member_count));
             }
+            document = Value::Array(
+                groups
+                    .iter()
+                    .map(|group| json!({"group": group.group_id, "state": group.state, "members": group.member_count}))
+                    .collect(),
+            );
         }
         GroupCommand::Describe { name } => {
             let group = admin.describe_group(&name).await?;
+            document = json!({
+                "group": group.group_id,
+                "state": group.state,
+                "generation": group.generation,
+                "assignor": group.assignor,
+                "members": group.members.iter().map(|member| json!({
+                    "member_id": member.member_id,
+                    "instance_id": member.instance_id,
+                    "client_id": member.client_id,
+                    "partitions": member.assignment.iter()
+                        .map(|(topic, partition)| json!({"topic": topic, "partition": partition}))
+                        .collect::<Vec<Value>>(),
+                })).collect::<Vec<Value>>(),
+                "partitions": group.partitions.iter().map(|partition| json!({
+                    "topic": partition.topic,
+                    "partition": partition.partition,
+                    "member_id": partition.member_id,
+                    "committed_offset": partition.committed,
+                    "end_offset": partition.end_offset,
+                    "lag_records": partition.lag,
+                    "lag_seconds": partition.lag_time.map(|lag| lag.as_secs_f64()),
+                })).collect::<Vec<Value>>(),
+            });
             text.push_str(&format!(
                 "group: {}\tstate: {}\tgeneration: {}\tassignor: {}\tmembers: {}\n",
                 group.group_id,
@@ -787,42 +878,68 @@ async fn group(broker: &str, command: GroupCommand, stdout: impl AsyncWrite + Un
                     assignment.join(",")
                 ));
             }
-            text.push_str("\tTOPIC\tPARTITION\tMEMBER\tCOMMITTED\tEND\tLAG\n");
+            text.push_str("\tTOPIC\tPARTITION\tMEMBER\tCOMMITTED\tEND\tLAG\tLAG_SECONDS\n");
             let dash = || "-".to_owned();
             for partition in &group.partitions {
                 text.push_str(&format!(
-                    "\t{}\t{}\t{}\t{}\t{}\t{}\n",
+                    "\t{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
                     partition.topic,
                     partition.partition,
                     partition.member_id.clone().unwrap_or_else(dash),
                     partition.committed.map_or_else(dash, |offset| offset.to_string()),
                     partition.end_offset,
                     partition.lag.map_or_else(dash, |lag| lag.to_string()),
+                    partition.lag_time.map_or_else(dash, |lag| format!("{:.3}", lag.as_secs_f64())),
                 ));
             }
         }
     }
     admin.close().await;
-    print_text(stdout, &text).await
+    print_output(stdout, json, &text, Some(document)).await
 }
 
 async fn txn(
     broker: &str,
     command: TxnCommand,
+    json: bool,
     stdout: impl AsyncWrite + Unpin,
     stderr: &mut (impl AsyncWrite + Unpin),
 ) -> Result<(), CliError> {
     let admin = Admin::new(broker, ConnectionConfig::default())?;
     let mut text = String::new();
+    let mut document = None;
     match command {
         TxnCommand::List => {
             let transactions = admin.list_transactions().await;
             admin.close().await;
+            let transactions = transactions?;
+            document = Some(Value::Array(
+                transactions
+                    .iter()
+                    .map(|txn| {
+                        json!({
+                            "transactional_id": txn.transactional_id,
+                            "producer_id": txn.producer_id,
+                            "epoch": txn.epoch,
+                            "transaction": txn.transaction,
+                            "state": txn.state,
+                            "age_ms": txn.age.as_millis(),
+                            "timeout_ms": txn.timeout.as_millis(),
+                            "partitions": txn.partitions.iter()
+                                .map(|(topic, partition)| json!({"topic": topic, "partition": partition}))
+                                .collect::<Vec<Value>>(),
+                            "staged_batches": txn.staged_batches,
+                            "staged_bytes": txn.staged_bytes,
+                            "group": txn.group_id,
+                        })
+                    })
+                    .collect(),
+            ));
             text.push_str(
                 "TRANSACTIONAL_ID\tPRODUCER_ID\tEPOCH\tTRANSACTION\tSTATE\tAGE_MS\tTIMEOUT_MS\tPARTITIONS\t\
                  STAGED_BATCHES\tSTAGED_BYTES\tGROUP\n",
             );
-            for txn in transactions? {
+            for txn in transactions {
                 let partitions: Vec<String> =
                     txn.partitions.iter().map(|(topic, partition)| format!("{topic}/{partition}")).collect();
                 text.push_str(&format!(
@@ -851,7 +968,122 @@ async fn txn(
             }
         }
     }
-    print_text(stdout, &text).await
+    print_output(stdout, json, &text, document).await
+}
+
+/// `ferry broker info`.
+async fn broker_info(broker: &str, json: bool, stdout: impl AsyncWrite + Unpin) -> Result<(), CliError> {
+    let admin = Admin::new(broker, ConnectionConfig::default())?;
+    let info = admin.describe_broker().await;
+    admin.close().await;
+    let info = info?;
+    let mut text = format!(
+        "version: {}\nuptime_seconds: {}\ndata_dir: {}\ndata_dir_bytes: {}\ntopics: {}\n\
+         partitions: {} healthy, {} damaged, {} failed\nconnections_open: {}\nconfig:\n",
+        info.version,
+        info.uptime.as_secs(),
+        info.data_dir,
+        info.data_dir_bytes,
+        info.topics,
+        info.partitions_healthy,
+        info.partitions_damaged,
+        info.partitions_failed,
+        info.connections_open,
+    );
+    for (key, value) in &info.config {
+        text.push_str(&format!("\t{key}\t{value}\n"));
+    }
+    let document = json!({
+        "version": info.version,
+        "uptime_ms": info.uptime.as_millis(),
+        "data_dir": info.data_dir,
+        "data_dir_bytes": info.data_dir_bytes,
+        "topics": info.topics,
+        "partitions": {
+            "healthy": info.partitions_healthy,
+            "damaged": info.partitions_damaged,
+            "failed": info.partitions_failed,
+        },
+        "connections_open": info.connections_open,
+        "config": info.config,
+    });
+    print_output(stdout, json, &text, Some(document)).await
+}
+
+/// `ferry producers TOPIC`.
+async fn producers(broker: &str, topic: &str, json: bool, stdout: impl AsyncWrite + Unpin) -> Result<(), CliError> {
+    let admin = Admin::new(broker, ConnectionConfig::default())?;
+    let partitions = admin.describe_producers(topic).await;
+    admin.close().await;
+    let partitions = partitions?;
+    let mut text = String::from("PARTITION\tPRODUCER_ID\tEPOCH\tLAST_SEQUENCE\tLAST_OFFSET\tLAST_WRITE_MS\n");
+    for partition in &partitions {
+        for producer in &partition.producers {
+            text.push_str(&format!(
+                "{}\t{}\t{}\t{}\t{}\t{}\n",
+                partition.partition,
+                producer.producer_id,
+                producer.epoch,
+                producer.last_sequence,
+                producer.last_offset,
+                producer.last_write_ms,
+            ));
+        }
+        if partition.truncated {
+            text.push_str(&format!(
+                "{}\t... {} more not listed\n",
+                partition.partition,
+                u64::from(partition.producer_count).saturating_sub(partition.producers.len() as u64)
+            ));
+        }
+        if let Some((code, message)) = &partition.error {
+            text.push_str(&format!("{}\terror: {code} {message}\n", partition.partition));
+        }
+    }
+    let document = Value::Array(
+        partitions
+            .iter()
+            .map(|partition| {
+                json!({
+                    "partition": partition.partition,
+                    "producer_count": partition.producer_count,
+                    "truncated": partition.truncated,
+                    "error": partition.error.as_ref().map(|(code, message)| error_json(*code, message)),
+                    "producers": partition.producers.iter().map(|producer| json!({
+                        "producer_id": producer.producer_id,
+                        "epoch": producer.epoch,
+                        "last_sequence": producer.last_sequence,
+                        "last_offset": producer.last_offset,
+                        "last_write_ms": producer.last_write_ms,
+                    })).collect::<Vec<Value>>(),
+                })
+            })
+            .collect(),
+    );
+    print_output(stdout, json, &text, Some(document)).await
+}
+
+/// An error code and message as JSON: `{"code": "PARTITION_DAMAGED", "message": "..."}`.
+fn error_json(code: ferry_protocol::ErrorCode, message: &str) -> Value {
+    json!({"code": code.to_string(), "message": message})
+}
+
+/// Writes a listing command's output: `document` as one pretty-printed JSON document with `--json` (when the
+/// command has one), else `text`.
+async fn print_output(
+    stdout: impl AsyncWrite + Unpin,
+    json: bool,
+    text: &str,
+    document: Option<Value>,
+) -> Result<(), CliError> {
+    match document {
+        Some(document) if json => {
+            let mut rendered = serde_json::to_string_pretty(&document).expect("a serde_json::Value always serializes");
+            rendered.push('\n');
+            print_text(stdout, &rendered).await
+        }
+        _ => print_text(stdout, text).await,
+    }
 }
 
 /// Writes a command's whole output to stdout; a closed stdout (`| head`) is not an error.

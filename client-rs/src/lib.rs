@@ -55,8 +55,8 @@ pub mod producer;
 pub mod transaction;
 
 pub use admin::{
-    Admin, GroupInfo, GroupListing, GroupMemberInfo, GroupPartitionInfo, PartitionInfo, TopicInfo, TopicListing,
-    TransactionInfo,
+    Admin, BrokerInfo, GroupInfo, GroupListing, GroupMemberInfo, GroupPartitionInfo, PartitionInfo,
+    PartitionProducersInfo, ProducerInfo, TopicInfo, TopicListing, TransactionInfo,
 };
 pub use connection::{BrokerLimits, Connection, ConnectionConfig};
 pub use consumer::{

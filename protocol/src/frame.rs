@@ -68,6 +68,10 @@ pub enum ApiKey {
     ListOffsets = 7,
     /// Issues an idempotent producer's id and epoch.
     InitProducerId = 8,
+    /// Describes the broker: version, uptime, config in effect, data-dir usage, partition states (operators).
+    DescribeBroker = 9,
+    /// Lists each partition's active idempotent producers of a topic (operators).
+    DescribeProducers = 10,
     /// Joins a consumer group.
     JoinGroup = 20,
     /// Keeps a group membership alive and learns the member's assignment.
@@ -96,7 +100,7 @@ pub enum ApiKey {
 
 impl ApiKey {
     /// Every api this build speaks, in api-key order (the order ApiVersions lists them in).
-    pub const ALL: [ApiKey; 21] = [
+    pub const ALL: [ApiKey; 23] = [
         ApiKey::ApiVersions,
         ApiKey::CreateTopics,
         ApiKey::DeleteTopics,
@@ -106,6 +110,8 @@ impl ApiKey {
         ApiKey::Fetch,
         ApiKey::ListOffsets,
         ApiKey::InitProducerId,
+        ApiKey::DescribeBroker,
+        ApiKey::DescribeProducers,
         ApiKey::JoinGroup,
         ApiKey::Heartbeat,
         ApiKey::LeaveGroup,
@@ -137,6 +143,8 @@ impl ApiKey {
             ApiKey::Fetch => "fetch",
             ApiKey::ListOffsets => "list_offsets",
             ApiKey::InitProducerId => "init_producer_id",
+            ApiKey::DescribeBroker => "describe_broker",
+            ApiKey::DescribeProducers => "describe_producers",
             ApiKey::JoinGroup => "join_group",
             ApiKey::Heartbeat => "heartbeat",
             ApiKey::LeaveGroup => "leave_group",

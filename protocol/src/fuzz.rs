@@ -143,6 +143,7 @@ fn check_request_items(request: &Request) {
             }
         }
         Request::Fetch(request) => request.topics.iter().for_each(|topic| check_topic_name(&topic.name)),
+        Request::DescribeProducers(request) => check_topic_name(&request.topic),
         Request::ListOffsets(request) => {
             for topic in &request.topics {
                 check_topic_name(&topic.name);
@@ -161,6 +162,7 @@ fn check_request_items(request: &Request) {
         Request::ApiVersions(_)
         | Request::ListTopics(_)
         | Request::InitProducerId(_)
+        | Request::DescribeBroker(_)
         | Request::JoinGroup(_)
         | Request::Heartbeat(_)
         | Request::LeaveGroup(_)

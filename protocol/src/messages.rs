@@ -231,6 +231,8 @@ apis! {
     Fetch => FetchRequest, FetchResponse;
     ListOffsets => ListOffsetsRequest, ListOffsetsResponse;
     InitProducerId => InitProducerIdRequest, InitProducerIdResponse;
+    DescribeBroker => DescribeBrokerRequest, DescribeBrokerResponse;
+    DescribeProducers => DescribeProducersRequest, DescribeProducersResponse;
     JoinGroup => JoinGroupRequest, JoinGroupResponse;
     Heartbeat => HeartbeatRequest, HeartbeatResponse;
     LeaveGroup => LeaveGroupRequest, LeaveGroupResponse;
@@ -269,6 +271,8 @@ impl Request {
             | Request::ListTopics(_)
             | Request::DescribeTopics(_)
             | Request::InitProducerId(_)
+            | Request::DescribeBroker(_)
+            | Request::DescribeProducers(_)
             | Request::JoinGroup(_)
             | Request::Heartbeat(_)
             | Request::LeaveGroup(_)

@@ -224,6 +224,8 @@ fn sample_requests() -> Vec<(&'static str, Request)> {
             "init-producer-id-request",
             InitProducerIdRequest { transactional_id: "copier-0".to_owned(), transaction_timeout_ms: 60_000 }.into(),
         ),
+        ("describe-broker-request", DescribeBrokerRequest {}.into()),
+        ("describe-producers-request", DescribeProducersRequest { topic: "orders".to_owned() }.into()),
         (
             "join-group-request",
             JoinGroupRequest {
@@ -264,7 +266,10 @@ fn sample_requests() -> Vec<(&'static str, Request)> {
             }
             .into(),
         ),
-        ("offset-fetch-request", OffsetFetchRequest { group_id: "billing".to_owned(), topics: assignment() }.into()),
+        (
+            "offset-fetch-request",
+            OffsetFetchRequest { group_id: "billing".to_owned(), topics: assignment(), include_lag: true }.into(),
+        ),
         ("list-groups-request", ListGroupsRequest {}.into()),
         ("describe-groups-request", DescribeGroupsRequest { group_ids: vec!["billing".to_owned()] }.into()),
         (
@@ -399,6 +404,9 @@ fn sample_responses() -> Vec<(&'static str, Response)> {
                         damaged: true,
                         error_code: error_code_to_wire(ErrorCode::PartitionDamaged),
                         error_message: "bad checksum in 00000000000000000000.log".to_owned(),
+                        size_bytes: 4096,
+                        segment_count: 2,
+                        fsync: "interval:100".to_owned(),
                     }],
                 }],
             }
@@ -453,6 +461,45 @@ fn sample_responses() -> Vec<(&'static str, Response)> {
             .into(),
         ),
         (
+            "describe-broker-response",
+            DescribeBrokerResponse {
+                error_code: 0,
+                version: "0.1.0".to_owned(),
+                uptime_ms: 3_600_000,
+                config: [("fsync".to_owned(), "always".to_owned())].into_iter().collect(),
+                data_dir: "/var/lib/ferry".to_owned(),
+                data_dir_bytes: 1 << 30,
+                topics: 2,
+                partitions_healthy: 5,
+                partitions_damaged: 1,
+                partitions_failed: 0,
+                connections_open: 3,
+            }
+            .into(),
+        ),
+        (
+            "describe-producers-response",
+            DescribeProducersResponse {
+                error_code: 0,
+                error_message: String::new(),
+                partitions: vec![PartitionProducers {
+                    partition: 0,
+                    error_code: 0,
+                    error_message: String::new(),
+                    producers: vec![ProducerDescription {
+                        producer_id: 7,
+                        epoch: 3,
+                        last_sequence: 2,
+                        last_write_ms: 1_764_900_000_000,
+                        last_offset: 41,
+                    }],
+                    producer_count: 2,
+                    truncated: true,
+                }],
+            }
+            .into(),
+        ),
+        (
             "join-group-response",
             JoinGroupResponse {
                 member_id: "m-1".to_owned(),
@@ -502,6 +549,7 @@ fn sample_responses() -> Vec<(&'static str, Response)> {
                         committed: true,
                         offset: 42,
                         commit_timestamp_ms: 1_700_000_000_000,
+                        lag_ms: 1_500,
                         ..OffsetFetchPartition::default()
                     }],
                 }],

@@ -42,8 +42,8 @@ use crate::dedup::{DedupReplayReport, DedupState, DroppedRecord};
 use crate::error::LogError;
 use crate::log::{OffsetRange, PartitionLog};
 use crate::producers::{
-    ProducerEntry, ProducerError, ProducerSetup, ProducerStateConfig, ProducerTable, RebuildReport, SequenceCheck,
-    SnapshotSink, rebuild,
+    ProducerEntry, ProducerError, ProducerListing, ProducerSetup, ProducerStateConfig, ProducerTable, RebuildReport,
+    SequenceCheck, SnapshotSink, rebuild,
 };
 use crate::reader::{LogReader, LogStatus};
 
@@ -82,12 +82,17 @@ enum Command {
         reply: Reply,
         deadline: Option<Instant>,
     },
-    /// Asks for one producer id's dedup-table entry, answered after every append queued before it.
-    Producer {
-        producer_id: i64,
-        reply: oneshot::Sender<Option<ProducerEntry>>,
-    },
+    /// A read of the dedup table, answered after every append queued before it.
+    Query(TableQuery),
     Shutdown,
+}
+
+/// A read of the partition's dedup table.
+enum TableQuery {
+    /// One producer id's entry.
+    Producer { producer_id: i64, reply: oneshot::Sender<Option<ProducerEntry>> },
+    /// The entries of the lowest producer ids, at most `limit`.
+    Listing { limit: usize, reply: oneshot::Sender<ProducerListing> },
 }
 
 /// An append that was queued; wait for its acknowledgement.
@@ -121,7 +126,8 @@ impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Command::Append { batches, .. } => write!(f, "Append({} batches)", batches.len()),
-            Command::Producer { producer_id, .. } => write!(f, "Producer({producer_id})"),
+            Command::Query(TableQuery::Producer { producer_id, .. }) => write!(f, "Producer({producer_id})"),
+            Command::Query(TableQuery::Listing { limit, .. }) => write!(f, "Producers(limit {limit})"),
             Command::Shutdown => f.write_str("Shutdown"),
         }
     }
@@ -174,7 +180,17 @@ impl AppendHandle {
     /// appends at commit, and to find where an interrupted commit stopped.
     pub async fn producer_entry(&self, producer_id: i64) -> Result<Option<ProducerEntry>, LogError> {
         let (reply, receiver) = oneshot::channel();
-        self.sender.send(Command::Producer { producer_id, reply }).await.map_err(|_| self.closed_error())?;
+        let query = TableQuery::Producer { producer_id, reply };
+        self.sender.send(Command::Query(query)).await.map_err(|_| self.closed_error())?;
+        receiver.await.map_err(|_| LogError::AppenderGone)
+    }
+
+    /// The partition's dedup-table entries of the `limit` lowest producer ids and how many it tracks, as they stand
+    /// after every append queued before this call (for operators: `ferry producers`).
+    pub async fn producer_listing(&self, limit: usize) -> Result<ProducerListing, LogError> {
+        let (reply, receiver) = oneshot::channel();
+        let query = TableQuery::Listing { limit, reply };
+        self.sender.send(Command::Query(query)).await.map_err(|_| self.closed_error())?;
         receiver.await.map_err(|_| LogError::AppenderGone)
     }
 
@@ -497,13 +513,25 @@ impl<L: PartitionLog> AppenderLoop<L> {
         }
     }
 
+    /// Answers a read of the dedup table (the asker may have gone: then nobody wants the answer).
+    fn answer(&self, query: TableQuery) {
+        match query {
+            TableQuery::Producer { producer_id, reply } => {
+                let _ = reply.send(self.producers.table.get(producer_id).cloned());
+            }
+            TableQuery::Listing { limit, reply } => {
+                let _ = reply.send(self.producers.table.listing(limit));
+            }
+        }
+    }
+
     fn run(mut self) -> Result<(), LogError> {
         loop {
             let first = match self.receive(Some(self.next_deadline())) {
                 Received::Command(Command::Shutdown) | Received::Closed => break,
                 Received::Command(Command::Append { batches, reply, deadline }) => (batches, reply, deadline),
-                Received::Command(Command::Producer { producer_id, reply }) => {
-                    let _ = reply.send(self.producers.table.get(producer_id).cloned());
+                Received::Command(Command::Query(query)) => {
+                    self.answer(query);
                     continue;
                 }
                 Received::Timeout => {
@@ -522,8 +550,8 @@ impl<L: PartitionLog> AppenderLoop<L> {
                         group_bytes += batches.iter().map(|b| u64::from(b.len_bytes())).sum::<u64>();
                         group.push((batches, reply, deadline));
                     }
-                    Ok(Command::Producer { producer_id, reply }) => {
-                        query = Some((producer_id, reply));
+                    Ok(Command::Query(received)) => {
+                        query = Some(received);
                         break;
                     }
                     Ok(Command::Shutdown) => {
@@ -534,8 +562,8 @@ impl<L: PartitionLog> AppenderLoop<L> {
                 }
             }
             self.commit_group(group);
-            if let Some((producer_id, reply)) = query {
-                let _ = reply.send(self.producers.table.get(producer_id).cloned());
+            if let Some(query) = query {
+                self.answer(query);
             }
             self.timers();
             if shutdown {

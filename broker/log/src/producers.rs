@@ -67,6 +67,15 @@ pub struct BatchMeta {
     pub last_offset: u64,
 }
 
+/// Part of a partition's dedup table, as [`ProducerTable::listing`] returns it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProducerListing {
+    /// Entries by producer id, lowest first; at most the limit asked for.
+    pub entries: Vec<(i64, ProducerEntry)>,
+    /// How many producer ids the table tracks (more than `entries.len()` when the listing was cut at the limit).
+    pub total: usize,
+}
+
 /// One producer id's state in a partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProducerEntry {
@@ -324,6 +333,16 @@ impl ProducerTable {
         let expired = before - self.entries.len();
         self.budget.give_back(expired);
         expired
+    }
+
+    /// The entries of the `limit` lowest producer ids, in id order, and how many the table holds (for operators:
+    /// `ferry producers`). Clones at most `limit` entries.
+    pub fn listing(&self, limit: usize) -> ProducerListing {
+        let mut ids: Vec<i64> = self.entries.keys().copied().collect();
+        ids.sort_unstable();
+        ids.truncate(limit);
+        let entries = ids.into_iter().filter_map(|id| Some((id, self.entries.get(&id)?.clone()))).collect();
+        ProducerListing { entries, total: self.entries.len() }
     }
 
     /// The table as a snapshot at log offset `offset`.

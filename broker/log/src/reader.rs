@@ -156,6 +156,11 @@ impl LogReader {
         self.shared.snapshot().iter().map(|segment| segment.written_len()).sum()
     }
 
+    /// Segments on disk (the active one included). Cheap: no I/O.
+    pub fn segment_count(&self) -> usize {
+        self.shared.snapshot().len()
+    }
+
     /// The log's counters.
     pub fn stats(&self) -> &LogStats {
         &self.shared.recorder.stats

@@ -83,14 +83,25 @@ impl GroupMetrics {
 
 /// Seconds since the timestamp of the record at `offset` (or the first one after it); 0 if it cannot be read.
 fn next_record_age(reader: &ferry_log::LogReader, offset: u64, now_ms: i64) -> f64 {
-    let Ok(slice) = reader.read(offset.max(reader.start_offset()), LAG_READ_BYTES) else { return 0.0 };
+    #[allow(clippy::cast_precision_loss)]
+    let seconds = (next_record_age_ms(reader, offset, now_ms) as f64) / 1000.0;
+    seconds
+}
+
+/// A group's lag in time at committed offset `offset`: milliseconds since the timestamp of the record at `offset` (or
+/// the first one after it); 0 when there is none (caught up) or it cannot be read. Blocks (reads the log): call it
+/// from a blocking thread. What `ferry_group_lag_seconds` reports, and OffsetFetch's `lag_ms`.
+pub fn next_record_age_ms(reader: &ferry_log::LogReader, offset: u64, now_ms: i64) -> i64 {
+    if reader.visible_end() <= offset {
+        return 0;
+    }
+    let Ok(slice) = reader.read(offset.max(reader.start_offset()), LAG_READ_BYTES) else { return 0 };
     for batch in split_batches(slice.bytes).flatten() {
         for record in batch.records().flatten() {
             if record.offset >= offset {
-                #[allow(clippy::cast_precision_loss)]
-                return (now_ms.saturating_sub(record.timestamp).max(0) as f64) / 1000.0;
+                return now_ms.saturating_sub(record.timestamp).max(0);
             }
         }
     }
-    0.0
+    0
 }

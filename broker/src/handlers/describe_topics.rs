@@ -1,4 +1,5 @@
-//! DescribeTopics: each topic's config overrides and, per partition, its start and end offsets and health.
+//! DescribeTopics: each topic's config overrides and, per partition, its start and end offsets, size on disk, segment
+//! count, fsync policy and health.
 
 use ferry_protocol::ErrorCode;
 use ferry_protocol::TopicName;
@@ -22,7 +23,7 @@ pub(crate) fn handle(state: &ServerState, request: DescribeTopicsRequest) -> Des
         .names
         .into_iter()
         .map(|name| match find(state, &name) {
-            Ok(topic) => describe(&topic, name),
+            Ok(topic) => describe(state, &topic, name),
             Err(error) => {
                 let (error_code, error_message) = item_error(&error);
                 TopicDescription { name, error_code, error_message, ..TopicDescription::default() }
@@ -37,7 +38,9 @@ fn find(state: &ServerState, name: &str) -> Result<std::sync::Arc<Topic>, Handle
     state.partitions.topic(name.as_str()).ok_or(HandlerError::UnknownTopic)
 }
 
-fn describe(topic: &Topic, name: String) -> TopicDescription {
+fn describe(state: &ServerState, topic: &Topic, name: String) -> TopicDescription {
+    // The topic's override, else the broker's policy: what its appenders run with (`partitions::log_config`).
+    let fsync = topic.record.config.fsync.unwrap_or(state.config.fsync);
     let config = topic.record.config.to_pairs().into_iter().map(|(key, value)| (key.to_owned(), value)).collect();
     let partitions = topic
         .partitions
@@ -59,6 +62,9 @@ fn describe(topic: &Topic, name: String) -> TopicDescription {
                 damaged,
                 error_code,
                 error_message,
+                size_bytes: reader.size_bytes(),
+                segment_count: u32::try_from(reader.segment_count()).unwrap_or(u32::MAX),
+                fsync: fsync.to_string(),
             }
         })
         .collect();

@@ -154,6 +154,7 @@ pub(crate) async fn fetch(state: &ServerState, request: OffsetFetchRequest) -> O
             offset: offset.offset,
             metadata: offset.metadata.clone(),
             commit_timestamp_ms: i64::try_from(offset.commit_time_ms).unwrap_or(i64::MAX),
+            lag_ms: 0,
         },
         None => OffsetFetchPartition { partition, ..OffsetFetchPartition::default() },
     };
@@ -190,7 +191,29 @@ pub(crate) async fn fetch(state: &ServerState, request: OffsetFetchRequest) -> O
             })
             .collect()
     };
+    let topics = if request.include_lag { with_lag(state, topics).await } else { topics };
     OffsetFetchResponse { error_code: 0, error_message: String::new(), topics }
+}
+
+/// Fills in `lag_ms` of every committed partition (one log read each, on the blocking pool under the read permits).
+async fn with_lag(state: &ServerState, mut topics: Vec<OffsetFetchTopic>) -> Vec<OffsetFetchTopic> {
+    let partitions = Arc::clone(&state.partitions);
+    let permit = Arc::clone(&state.reads).acquire_owned().await.expect("the read semaphore is never closed");
+    tokio::task::spawn_blocking(move || {
+        let now_ms = super::now_ms();
+        for topic in &mut topics {
+            let Some(found) = partitions.topic(&topic.name) else { continue };
+            for partition in topic.partitions.iter_mut().filter(|partition| partition.committed) {
+                if let Some(log) = found.partition(partition.partition) {
+                    partition.lag_ms = crate::groups::lag::next_record_age_ms(log.reader(), partition.offset, now_ms);
+                }
+            }
+        }
+        drop(permit);
+        topics
+    })
+    .await
+    .unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()))
 }
 
 fn top_level(code: ErrorCode, error_message: String) -> OffsetCommitResponse {

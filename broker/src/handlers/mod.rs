@@ -22,6 +22,8 @@
 pub(crate) mod api_versions;
 mod create_topics;
 mod delete_topics;
+mod describe_broker;
+mod describe_producers;
 mod describe_topics;
 pub(crate) mod fetch;
 mod group_offsets;
@@ -37,11 +39,11 @@ use std::time::Duration;
 
 use ferry_log::{LogError, ProducerError};
 use ferry_protocol::messages::{
-    AbortTxnResponse, ApiVersionsResponse, CreateTopicsResponse, DeleteTopicsResponse, DescribeGroupsResponse,
-    DescribeTopicsResponse, EndTxnResponse, FetchResponse, HeartbeatResponse, InitProducerIdResponse,
-    JoinGroupResponse, LeaveGroupResponse, ListGroupsResponse, ListOffsetsResponse, ListTopicsResponse,
-    ListTxnsResponse, OffsetCommitResponse, OffsetFetchResponse, ProduceResponse, TxnOffsetCommitResponse,
-    TxnProduceResponse, error_code_to_wire,
+    AbortTxnResponse, ApiVersionsResponse, CreateTopicsResponse, DeleteTopicsResponse, DescribeBrokerResponse,
+    DescribeGroupsResponse, DescribeProducersResponse, DescribeTopicsResponse, EndTxnResponse, FetchResponse,
+    HeartbeatResponse, InitProducerIdResponse, JoinGroupResponse, LeaveGroupResponse, ListGroupsResponse,
+    ListOffsetsResponse, ListTopicsResponse, ListTxnsResponse, OffsetCommitResponse, OffsetFetchResponse,
+    ProduceResponse, TxnOffsetCommitResponse, TxnProduceResponse, error_code_to_wire,
 };
 use ferry_protocol::{ApiKey, ErrorCode, ProtocolError, Request, Response};
 use tokio::sync::Semaphore;
@@ -331,6 +333,8 @@ pub(crate) async fn handle(state: &ServerState, request: Request, context: Reque
         }
         Request::ListOffsets(request) => Some(list_offsets::handle(state, request).await.into()),
         Request::InitProducerId(request) => Some(init_producer_id::handle(state, request).await.into()),
+        Request::DescribeBroker(_) => Some(describe_broker::handle(state).await.into()),
+        Request::DescribeProducers(request) => Some(describe_producers::handle(state, request).await.into()),
         Request::JoinGroup(request) => Some(groups::join(state, request).into()),
         Request::Heartbeat(request) => Some(groups::heartbeat(state, request).into()),
         Request::LeaveGroup(request) => Some(groups::leave(state, request).into()),
@@ -368,6 +372,8 @@ pub(crate) fn request_error(api: ApiKey, code: ErrorCode) -> Response {
         ApiKey::InitProducerId => {
             InitProducerIdResponse { error_code, producer_id: -1, producer_epoch: -1, ..Default::default() }.into()
         }
+        ApiKey::DescribeBroker => DescribeBrokerResponse { error_code, ..Default::default() }.into(),
+        ApiKey::DescribeProducers => DescribeProducersResponse { error_code, ..Default::default() }.into(),
         ApiKey::JoinGroup => JoinGroupResponse { error_code, ..Default::default() }.into(),
         ApiKey::Heartbeat => HeartbeatResponse { error_code, ..Default::default() }.into(),
         ApiKey::LeaveGroup => LeaveGroupResponse { error_code, ..Default::default() }.into(),
@@ -416,6 +422,9 @@ fn result_code(response: &Response) -> ErrorCode {
             .flat_map(|topic| topic.partitions.iter().map(|partition| partition.error_code))
             .find(|&c| c != 0),
         Response::DescribeGroups(response) => response.groups.iter().map(|group| group.error_code).find(|&c| c != 0),
+        Response::DescribeProducers(response) => {
+            response.partitions.iter().map(|partition| partition.error_code).find(|&c| c != 0)
+        }
         Response::TxnProduce(response) => response
             .topics
             .iter()
@@ -424,6 +433,7 @@ fn result_code(response: &Response) -> ErrorCode {
         Response::ApiVersions(_)
         | Response::ListTopics(_)
         | Response::InitProducerId(_)
+        | Response::DescribeBroker(_)
         | Response::JoinGroup(_)
         | Response::Heartbeat(_)
         | Response::LeaveGroup(_)

@@ -64,12 +64,22 @@ async fn endpoint_serves_metrics_and_rejects_other_paths() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("local address");
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(serve(listener, recorder.handle(), shutdown.clone()));
+    let readiness = Arc::new(Readiness::new());
+    let server = tokio::spawn(serve(listener, recorder.handle(), Arc::clone(&readiness), shutdown.clone()));
 
     let response = exchange(address, "GET /metrics HTTP/1.1\r\nHost: ferry\r\n\r\n").await;
     assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
     assert!(response.contains("\r\n\r\n# HELP ferry_build_info "), "{response}");
     assert!(response.contains("ferry_build_info{version=\"test\"} 1\n"), "{response}");
+
+    let response = exchange(address, "GET /health HTTP/1.1\r\n\r\n").await;
+    assert!(response.starts_with("HTTP/1.1 200 OK\r\n") && response.ends_with("\r\n\r\nok\n"), "{response}");
+    let response = exchange(address, "GET /ready HTTP/1.1\r\n\r\n").await;
+    assert!(response.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{response}");
+    assert!(response.ends_with("\r\n\r\nnot ready: opening the metadata store\n"), "{response}");
+    readiness.recovering();
+    let response = exchange(address, "GET /ready HTTP/1.1\r\n\r\n").await;
+    assert!(response.ends_with("\r\n\r\nnot ready: recovering\n"), "{response}");
 
     let response = exchange(address, "GET /other HTTP/1.1\r\n\r\n").await;
     assert!(response.starts_with("HTTP/1.1 404 Not Found\r\n"), "{response}");

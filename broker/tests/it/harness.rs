@@ -106,6 +106,12 @@ pub async fn scrape(address: SocketAddr) -> String {
     body
 }
 
+/// `GET path` on a blocking thread; returns the status line and the body.
+pub async fn http(address: SocketAddr, path: &str) -> (String, String) {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || http_get(address, &path)).await.expect("http thread")
+}
+
 /// The value of the series named exactly `series` (name and labels as exported, e.g.
 /// `ferry_requests_total{api="produce",result="ok"}`), or `None` if absent.
 pub fn metric(text: &str, series: &str) -> Option<f64> {

@@ -27,6 +27,9 @@
 //! - `hostile`: hostile and broken clients (live-socket fuzzers, idle and slowloris crowds, connection floods,
 //!   consumers that never read, a record with a million headers) against the real binary, while well-behaved clients
 //!   work: the broker stays up, within twice its baseline RSS, and the well-behaved clients see no error.
+//! - `introspection`: `/health` and `/ready` over HTTP, DescribeBroker and DescribeProducers through the client and
+//!   the CLI (`broker info`, `producers`, `topic describe` sizes, `group describe` lag in seconds, `--json`), and a
+//!   damaged partition as `/ready`, `topic describe` and `broker info` report it.
 //! - `harness`: an in-process test broker, the binary's client address, raw frames, metric values.
 //! - `support`: a broker child process whose stderr log lines the tests can wait for, and a tiny HTTP scraper.
 
@@ -45,6 +48,7 @@ mod harness;
 mod hostile;
 mod idempotence;
 mod in_process;
+mod introspection;
 mod meta_corruption;
 mod metrics;
 mod support;

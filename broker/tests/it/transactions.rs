@@ -166,6 +166,7 @@ async fn committed_offset(addr: &str, group: &str, topic: &str, partition: u32) 
     let request = OffsetFetchRequest {
         group_id: group.to_owned(),
         topics: vec![TopicPartitions { topic: topic.to_owned(), partitions: vec![partition] }],
+        include_lag: false,
     };
     let Response::OffsetFetch(response) = connection.request(Request::OffsetFetch(request)).await.expect("answered")
     else {

@@ -609,6 +609,7 @@ impl Consumer {
         let request = Request::OffsetFetch(OffsetFetchRequest {
             group_id: group.config.group_id.clone(),
             topics: keys_to_wire(keys),
+            include_lag: false,
         });
         let Response::OffsetFetch(response) = self.connection.request(request).await? else {
             return Err(ClientError::UnexpectedResponse {

@@ -2,7 +2,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use clap::Parser;
-use ferry_client::cli::{AcksArg, Cli, CliError, Command, GroupCommand, IsolationArg, TopicCommand, TxnCommand, run};
+use ferry_client::cli::{
+    AcksArg, BrokerCommand, Cli, CliError, Command, GroupCommand, IsolationArg, TopicCommand, TxnCommand, run,
+};
 use ferry_client::partition_for_key;
 use ferry_protocol::messages::{EndTxnResponse, error_code_to_wire};
 use ferry_protocol::{ApiKey, ErrorCode, Request, Response};
@@ -51,6 +53,18 @@ fn topic_commands_parse_with_their_defaults() {
     assert!(parse(&["topic", "create", "t", "--config", "no-equals-sign"]).is_err());
     assert!(parse(&["topic", "create", "t", "--partitions", "-1"]).is_err());
     assert!(parse(&["topic", "describe"]).is_err(), "a name is required");
+}
+
+#[test]
+fn introspection_commands_parse_and_json_is_a_global_flag() {
+    let cli = parse(&["broker", "info"]).expect("valid");
+    assert!(matches!(cli.command, Command::Broker(BrokerCommand::Info)) && !cli.json);
+    let cli = parse(&["producers", "orders", "--json"]).expect("valid");
+    assert!(matches!(cli.command, Command::Producers { topic } if topic == "orders"));
+    assert!(cli.json, "--json after the subcommand");
+    assert!(parse(&["--json", "topic", "describe", "t"]).expect("valid").json, "--json before the subcommand");
+    assert!(parse(&["producers"]).is_err(), "a topic is required");
+    assert!(parse(&["broker"]).is_err(), "broker needs a subcommand");
 }
 
 #[test]
@@ -341,6 +355,9 @@ async fn topic_commands_print_data_on_stdout() {
     );
     run_ok(vec!["topic", "create", "audit"]).await.expect("created");
     assert_eq!(run_ok(vec!["topic", "list"]).await.expect("listed"), "audit\norders\n");
+    let listed: serde_json::Value =
+        serde_json::from_str(&run_ok(vec!["--json", "topic", "list"]).await.expect("listed")).expect("JSON");
+    assert_eq!(listed, serde_json::json!([{"name": "audit", "partitions": 1}, {"name": "orders", "partitions": 2}]));
     let description = run_ok(vec!["topic", "describe", "orders"]).await.expect("described");
     assert!(description.starts_with("topic: orders\tpartitions: 2"), "{description}");
     assert!(description.contains("partition: 1\tstart: 0\tend: 0\tdamaged: false"), "{description}");

@@ -482,7 +482,9 @@ impl Model {
             Request::ListTxns(_) => Reply::Now(Response::ListTxns(ListTxnsResponse::default())),
             Request::AbortTxn(_) => Reply::Now(Response::AbortTxn(AbortTxnResponse::default())),
             // The test peer does not coordinate groups (the broker's own tests do).
-            Request::JoinGroup(_)
+            Request::DescribeBroker(_)
+            | Request::DescribeProducers(_)
+            | Request::JoinGroup(_)
             | Request::Heartbeat(_)
             | Request::LeaveGroup(_)
             | Request::OffsetCommit(_)

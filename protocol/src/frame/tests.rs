@@ -277,7 +277,7 @@ fn decoded_body_is_a_slice_of_the_receive_buffer() {
 
 #[test]
 fn api_keys_are_stable() {
-    let expected: [(u16, &str); 21] = [
+    let expected: [(u16, &str); 23] = [
         (0, "api_versions"),
         (1, "create_topics"),
         (2, "delete_topics"),
@@ -287,6 +287,8 @@ fn api_keys_are_stable() {
         (6, "fetch"),
         (7, "list_offsets"),
         (8, "init_producer_id"),
+        (9, "describe_broker"),
+        (10, "describe_producers"),
         (20, "join_group"),
         (21, "heartbeat"),
         (22, "leave_group"),

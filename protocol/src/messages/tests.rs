@@ -113,7 +113,7 @@ fn request_decode_rejects_what_cannot_be_answered_normally() {
     let produce = FrameHeader::request(ApiKey::Produce, 0, 1);
     let valid_body = prost::Message::encode_to_vec(&produce_request());
 
-    for api_key in [9, 27, 79, u16::MAX] {
+    for api_key in [11, 27, 79, u16::MAX] {
         let header = FrameHeader { api_key, ..produce };
         assert!(matches!(
             check_request_decode(header, &valid_body),
@@ -430,6 +430,62 @@ prop_compose! {
 }
 
 prop_compose! {
+    fn arb_describe_broker_response()(
+        (error_code, version, uptime_ms, config, data_dir, data_dir_bytes) in
+            (any::<u32>(), arb_string(), any::<u64>(), arb_config(), arb_string(), any::<u64>()),
+        (topics, partitions_healthy, partitions_damaged, partitions_failed, connections_open) in
+            (any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>()),
+    ) -> DescribeBrokerResponse {
+        DescribeBrokerResponse {
+            error_code,
+            version,
+            uptime_ms,
+            config,
+            data_dir,
+            data_dir_bytes,
+            topics,
+            partitions_healthy,
+            partitions_damaged,
+            partitions_failed,
+            connections_open,
+        }
+    }
+}
+
+prop_compose! {
+    fn arb_producer_description()(
+        producer_id in any::<i64>(),
+        epoch in any::<i32>(),
+        last_sequence in any::<i32>(),
+        last_write_ms in any::<i64>(),
+        last_offset in any::<u64>(),
+    ) -> ProducerDescription {
+        ProducerDescription { producer_id, epoch, last_sequence, last_write_ms, last_offset }
+    }
+}
+
+prop_compose! {
+    fn arb_partition_producers()(
+        (partition, error_code, error_message) in (any::<u32>(), any::<u32>(), arb_string()),
+        producers in vec(arb_producer_description(), 0..3),
+        producer_count in any::<u32>(),
+        truncated in any::<bool>(),
+    ) -> PartitionProducers {
+        PartitionProducers { partition, error_code, error_message, producers, producer_count, truncated }
+    }
+}
+
+prop_compose! {
+    fn arb_describe_producers_response()(
+        error_code in any::<u32>(),
+        error_message in arb_string(),
+        partitions in vec(arb_partition_producers(), 0..3),
+    ) -> DescribeProducersResponse {
+        DescribeProducersResponse { error_code, error_message, partitions }
+    }
+}
+
+prop_compose! {
     fn arb_describe_topics_request()(names in vec(arb_string(), 0..3)) -> DescribeTopicsRequest {
         DescribeTopicsRequest { names }
     }
@@ -444,7 +500,17 @@ prop_compose! {
         error_code in any::<u32>(),
         error_message in arb_string(),
     ) -> PartitionDescription {
-        PartitionDescription { partition, start_offset, end_offset, damaged, error_code, error_message }
+        PartitionDescription {
+            partition,
+            start_offset,
+            end_offset,
+            damaged,
+            error_code,
+            error_message,
+            size_bytes: start_offset ^ end_offset,
+            segment_count: partition,
+            fsync: "always".to_owned(),
+        }
     }
 }
 
@@ -692,6 +758,18 @@ proptest! {
     }
 
     #[test]
+    fn describe_broker_round_trip(response in arb_describe_broker_response()) {
+        check_request_round_trip(&DescribeBrokerRequest {}.into());
+        check_response_round_trip(&response.into());
+    }
+
+    #[test]
+    fn describe_producers_round_trip(topic in arb_string(), response in arb_describe_producers_response()) {
+        check_request_round_trip(&DescribeProducersRequest { topic }.into());
+        check_response_round_trip(&response.into());
+    }
+
+    #[test]
     fn produce_round_trip(request in arb_produce_request(), response in arb_produce_response()) {
         check_request_round_trip(&request.into());
         check_response_round_trip(&response.into());
@@ -845,13 +923,21 @@ prop_compose! {
                     partitions: partitions
                         .into_iter()
                         .map(|((partition, error_code, committed, offset, commit_timestamp_ms), metadata)| {
-                            OffsetFetchPartition { partition, error_code, committed, offset, metadata, commit_timestamp_ms }
+                            OffsetFetchPartition {
+                                partition,
+                                error_code,
+                                committed,
+                                offset,
+                                metadata,
+                                commit_timestamp_ms,
+                                lag_ms: commit_timestamp_ms / 2,
+                            }
                         })
                         .collect(),
                 })
                 .collect(),
         };
-        (OffsetFetchRequest { group_id, topics: requested }, response)
+        (OffsetFetchRequest { group_id, include_lag: requested.is_empty(), topics: requested }, response)
     }
 }
 
