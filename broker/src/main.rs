@@ -69,6 +69,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
         .build()
         .context("cannot start the tokio runtime")?;
     tracing::debug!(worker_threads, blocking_threads_max = BLOCKING_THREADS_MAX, "runtime started");
+    // Every key in effect (defaults, file and flags merged), as `ferry broker info` shows them: the first thing to
+    // read in a log when a broker behaves unexpectedly.
+    let in_effect = config.to_pairs().iter().map(|(key, value)| format!("{key}={value}")).collect::<Vec<_>>().join(" ");
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %in_effect, "configuration in effect");
 
     runtime.block_on(async {
         let broker = Broker::open(config).await?;

@@ -19,6 +19,10 @@ fn broker_serves_metrics_and_exits_cleanly_on_sigterm() {
     let (status, log) = broker.wait_for_exit();
     assert_eq!(status.code(), Some(0), "exit status {status:?}; log: {log:#?}");
     assert!(log.iter().any(|line| line.contains("broker stopped")), "{log:#?}");
+    // The first line an operator reads: every key in effect, defaults and flags merged.
+    let in_effect = log.iter().find(|line| line.contains("configuration in effect")).expect("a config line");
+    assert!(in_effect.contains(&format!("data_dir={}", data_dir.path().display())), "{in_effect}");
+    assert!(in_effect.contains("fsync=always") && in_effect.contains("log.segment_bytes="), "{in_effect}");
     assert!(data_dir.path().join("meta").join("CURRENT").exists(), "the metadata store was created in the data dir");
 }
 
