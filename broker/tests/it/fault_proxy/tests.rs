@@ -80,6 +80,14 @@ async fn send_and_check(
             Err(_) => Outcome::Unknown,
         };
     }
+    // A duplicated request's second answer comes after the client already has the first: wait for it, so the broker
+    // has appended both copies before the topic is read and the proxy has counted the answer it swallowed (closing
+    // the producer first raced with both on a loaded machine).
+    eventually("the second answer of every duplicated request", || async {
+        let counts = proxy.counts();
+        counts.duplicate_responses_swallowed == counts.requests_duplicated
+    })
+    .await;
     producer.close().await.expect("close");
     history.reads = read_all(&broker.addr, TOPIC, partitions, Duration::from_secs(30)).await;
     let report = check(&history);
